@@ -1,0 +1,237 @@
+//! Validated identifiers parsed from outside: API keys, request (trace) ids.
+//!
+//! Parsing is the only way to build these types from untrusted input, so code
+//! that holds one never re-checks its shape.
+
+use rand::{distributions::Alphanumeric, Rng, RngCore};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use subtle::ConstantTimeEq;
+
+const KEY_PREFIX: &str = "wdr_";
+const PUBLIC_ID_LEN: usize = 8;
+const SECRET_LEN: usize = 40;
+const MIN_SECRET_LEN: usize = 32;
+
+/// Milliseconds since the Unix epoch, the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random identifier: `len` lowercase alphanumeric characters.
+pub fn new_id(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(|c| (c as char).to_ascii_lowercase())
+        .collect()
+}
+
+/// The public part of an API key (`wdr_<id>_…`): safe to log and to store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// Accepts an id of the documented shape (8 lowercase alphanumerics).
+    pub fn parse(s: &str) -> Option<KeyId> {
+        (s.len() == PUBLIC_ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .then(|| KeyId(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A clear API key, `wdr_` + 8-char public id + `_` + 32+ char secret.
+///
+/// Its `Debug` and `Display` never show the secret, so a key that ends up in
+/// a log line by mistake leaks nothing.
+#[derive(Clone)]
+pub struct ApiKey {
+    id: KeyId,
+    secret: String,
+}
+
+impl ApiKey {
+    /// Generates a fresh key with a random secret.
+    pub fn generate() -> ApiKey {
+        let id = KeyId(new_id(PUBLIC_ID_LEN));
+        let secret: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(SECRET_LEN)
+            .map(char::from)
+            .collect();
+        ApiKey { id, secret }
+    }
+
+    /// Parses a clear key; `None` when it does not have the documented shape.
+    pub fn parse(s: &str) -> Option<ApiKey> {
+        let rest = s.strip_prefix(KEY_PREFIX)?;
+        let (id, secret) = rest.split_at_checked(PUBLIC_ID_LEN)?;
+        let secret = secret.strip_prefix('_')?;
+        let id = KeyId::parse(id)?;
+        (secret.len() >= MIN_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric())).then(
+            || ApiKey {
+                id,
+                secret: secret.to_owned(),
+            },
+        )
+    }
+
+    /// The public id.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The hex SHA-256 of the secret: what the store keeps.
+    pub fn secret_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
+    /// Compares this key's secret with a stored hash in constant time.
+    pub fn matches_hash(&self, stored_hex: &str) -> bool {
+        let Ok(stored) = hex::decode(stored_hex) else {
+            return false;
+        };
+        let ours = Sha256::digest(self.secret.as_bytes());
+        ours.as_slice().ct_eq(stored.as_slice()).into()
+    }
+
+    /// The clear key, for the single place it is shown: key creation.
+    pub fn expose(&self) -> String {
+        format!("{KEY_PREFIX}{}_{}", self.id, self.secret)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({KEY_PREFIX}{}_***)", self.id)
+    }
+}
+
+/// A request id: 32 lowercase hex characters, also the W3C trace id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// A fresh random, non-zero id.
+    pub fn generate() -> RequestId {
+        let mut b = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut b);
+        b[0] |= 1;
+        RequestId(b)
+    }
+
+    /// Parses 32 hex characters; the all-zero id is invalid (W3C).
+    pub fn parse(s: &str) -> Option<RequestId> {
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(s, &mut b).ok()?;
+        (b != [0u8; 16] && s.bytes().all(|c| !c.is_ascii_uppercase())).then_some(RequestId(b))
+    }
+
+    /// The id as 32 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A W3C span id: 16 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SpanId([u8; 8]);
+
+impl SpanId {
+    /// A fresh random, non-zero span id.
+    pub fn generate() -> SpanId {
+        let mut b = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut b);
+        b[0] |= 1;
+        SpanId(b)
+    }
+
+    /// Parses 16 hex characters; the all-zero id is invalid.
+    pub fn parse(s: &str) -> Option<SpanId> {
+        let mut b = [0u8; 8];
+        hex::decode_to_slice(s, &mut b).ok()?;
+        (b != [0u8; 8]).then_some(SpanId(b))
+    }
+
+    /// The id as 16 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_round_trips_and_matches_its_hash() {
+        let key = ApiKey::generate();
+        let clear = key.expose();
+        assert!(clear.starts_with("wdr_"));
+        let parsed = ApiKey::parse(&clear).expect("parses");
+        assert_eq!(parsed.id(), key.id());
+        assert!(parsed.matches_hash(&key.secret_hash()));
+        let other = ApiKey::generate();
+        assert!(!other.matches_hash(&key.secret_hash()));
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected() {
+        for bad in [
+            "",
+            "wdr_",
+            "wdr_abc_secret",
+            "xyz_abcdefgh_0123456789012345678901234567890123",
+            "wdr_ABCDEFGH_0123456789012345678901234567890123",
+            "wdr_abcdefgh_short",
+            "wdr_abcdefgh-0123456789012345678901234567890123",
+            "wdr_abcdefgh_01234567890123456789012345678901!!",
+        ] {
+            assert!(ApiKey::parse(bad).is_none(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let key = ApiKey::generate();
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&key.expose()[13..]));
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_and_reject_zero() {
+        let id = RequestId::generate();
+        assert_eq!(id.to_hex().len(), 32);
+        assert_eq!(RequestId::parse(&id.to_hex()), Some(id));
+        assert!(RequestId::parse(&"0".repeat(32)).is_none());
+        assert!(RequestId::parse("abc").is_none());
+        assert!(RequestId::parse(&"A".repeat(32)).is_none());
+    }
+}

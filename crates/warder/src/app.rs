@@ -1,0 +1,215 @@
+//! [`App`]: build a gateway from a configuration, then run it until told to stop.
+//!
+//! `build` does everything that can fail at start-up — open and migrate the
+//! store, bootstrap the admin key, bind both listeners (port 0 works, for
+//! tests), start the demo models — so that `run` only serves. The caller owns
+//! the shutdown signal.
+
+use crate::auth::AuthService;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::demo::{self, DemoKeys};
+use crate::http;
+use crate::ratelimit::LocalRateLimiter;
+use crate::server::{self, ServeOptions};
+use crate::state::{AppState, SharedState};
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::UpstreamClient;
+use crate::usage::{usage_channel, Quotas, UsageWriter};
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use warder_core::{ApiKey, Store, StoreError};
+use warder_store::{SqlStore, StoreOptions};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The data dir could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A start-up step of the control plane failed.
+    #[error("start-up: {0}")]
+    Control(#[from] crate::control::ControlError),
+}
+
+/// A built gateway, listening but not yet serving.
+pub struct App {
+    state: SharedState,
+    public: TcpListener,
+    ops: TcpListener,
+    background: Vec<BoxFuture<'static, ()>>,
+    usage_writer: UsageWriter,
+    demo_keys: Option<DemoKeys>,
+}
+
+/// Opens the store named by the configuration (creating the data dir for SQLite).
+pub async fn open_store(config: &Config) -> Result<SqlStore, StartupError> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(SqlStore::connect(StoreOptions::new(config.effective_database_url())).await?)
+}
+
+impl App {
+    /// Builds from configuration, opening the configured store.
+    pub async fn build(config: Config) -> Result<App, StartupError> {
+        let store = open_store(&config).await?;
+        App::build_with_store(config, Arc::new(store)).await
+    }
+
+    /// Builds over a given store (tests wrap stores to observe them).
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<App, StartupError> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let auth = AuthService::new(
+            store.clone(),
+            Duration::from_secs(config.auth_cache_ttl_s.max(1)),
+            metrics.clone(),
+        );
+        let catalog = Arc::new(Catalog::new(store.clone(), &config));
+        let control =
+            ControlPlane::new(store.clone(), auth.clone(), catalog.clone(), config.clone());
+        let (usage, usage_writer) = usage_channel(store.clone());
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            store: store.clone(),
+            auth,
+            catalog,
+            limiter: Arc::new(LocalRateLimiter::new()),
+            quotas: Arc::new(Quotas::new(store.clone())),
+            upstream: UpstreamClient::new(),
+            metrics,
+            usage,
+            control,
+        });
+
+        if let Some(key) = config
+            .bootstrap_admin_key
+            .as_deref()
+            .and_then(ApiKey::parse)
+        {
+            if state.control.bootstrap_admin(&key).await? {
+                tracing::info!(key_id = %key.id(), "bootstrap admin key installed");
+            }
+        }
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })
+        };
+        let public = bind(config.listen).await?;
+        let ops = bind(config.ops_listen).await?;
+
+        let mut background: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let demo_keys = if config.demo {
+            let (keys, server) = demo::start(&state).await?;
+            background.push(server);
+            Some(keys)
+        } else {
+            None
+        };
+        Ok(App {
+            state,
+            public,
+            ops,
+            background,
+            usage_writer,
+            demo_keys,
+        })
+    }
+
+    /// The bound public address.
+    pub fn public_addr(&self) -> SocketAddr {
+        server::local_addr(&self.public)
+    }
+
+    /// The bound ops address.
+    pub fn ops_addr(&self) -> SocketAddr {
+        server::local_addr(&self.ops)
+    }
+
+    /// The shared state (tests reach the store and caches through it).
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    /// The keys created by `--demo`, if it ran.
+    pub fn demo_keys(&self) -> Option<&DemoKeys> {
+        self.demo_keys.as_ref()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let signal = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(self.state.config.header_read_timeout_ms),
+            drain_timeout: Duration::from_secs(self.state.config.drain_timeout_s),
+        };
+        tracing::info!(
+            public = %self.public_addr(),
+            ops = %self.ops_addr(),
+            store = self.state.store.backend(),
+            "warder listening"
+        );
+        let public = server::serve(
+            "public",
+            self.public,
+            http::router(self.state.clone()),
+            options,
+            signal(),
+        );
+        let ops = server::serve(
+            "ops",
+            self.ops,
+            http::ops::router(self.state.clone()),
+            options,
+            signal(),
+        );
+        let usage = self.usage_writer.run(signal());
+        let background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
+        let trigger = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested");
+            let _ = tx.send(true);
+        };
+        tokio::join!(public, ops, usage, trigger);
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("warder stopped");
+    }
+}

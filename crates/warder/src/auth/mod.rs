@@ -1,0 +1,180 @@
+//! Authentication of API keys, with an in-process cache of results.
+//!
+//! A warm request is authenticated from memory: the cache maps a key's public
+//! id to its stored record and the secret is checked against the stored hash
+//! on every request (in constant time). Revocation and key changes made
+//! through this node drop the entry at once; entries also expire after
+//! `auth_cache_ttl_s`. This module knows nothing about HTTP.
+
+use crate::telemetry::metrics::{CacheLabels, Metrics};
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+use warder_core::{now_ms, ApiKey, KeyId, KeyRecord, Scope, Store, StoreError};
+
+/// Who is calling: the result of a successful authentication.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Public id of the key used.
+    pub key_id: Arc<str>,
+    /// Owner of the key.
+    pub user_id: Arc<str>,
+    /// May call `/admin`.
+    pub admin: bool,
+    /// May call `predict_internal`.
+    pub internal: bool,
+}
+
+/// Why a key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing API key: send 'Authorization: Api-Key <key>'")]
+    Missing,
+    /// The header or key does not have the documented shape.
+    #[error("malformed API key")]
+    Malformed,
+    /// No such key, or a wrong secret.
+    #[error("invalid API key")]
+    Invalid,
+    /// The key was revoked.
+    #[error("API key revoked")]
+    Revoked,
+    /// The key is past its expiry.
+    #[error("API key expired")]
+    Expired,
+    /// The store could not be asked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the cache holds for a public id.
+#[derive(Debug)]
+enum Cached {
+    Known(KeyRecord, Arc<Principal>),
+    Unknown,
+}
+
+/// Authenticates keys; cheap to clone.
+#[derive(Clone)]
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    cache: Cache<KeyId, Arc<Cached>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthService {
+    /// A service over `store` caching results for `ttl`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, metrics: Arc<Metrics>) -> AuthService {
+        AuthService {
+            store,
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// Parses an `Authorization` header value: `Api-Key <key>` or `Bearer <key>`.
+    pub fn parse_header(value: Option<&str>) -> Result<ApiKey, AuthError> {
+        let value = value.ok_or(AuthError::Missing)?.trim();
+        let (scheme, key) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !(scheme.eq_ignore_ascii_case("api-key") || scheme.eq_ignore_ascii_case("bearer")) {
+            return Err(AuthError::Malformed);
+        }
+        ApiKey::parse(key.trim()).ok_or(AuthError::Malformed)
+    }
+
+    /// Checks a key: cache first, then the store.
+    pub async fn authenticate(&self, key: &ApiKey) -> Result<Arc<Principal>, AuthError> {
+        let cached = match self.cache.get(key.id()) {
+            Some(c) => {
+                self.count("hit");
+                c
+            }
+            None => {
+                self.count("miss");
+                let found = match self.store.get_key(key.id().as_str()).await? {
+                    Some(record) => {
+                        let principal = Arc::new(principal_of(&record));
+                        Cached::Known(record, principal)
+                    }
+                    None => Cached::Unknown,
+                };
+                let found = Arc::new(found);
+                self.cache.insert(key.id().clone(), found.clone());
+                found
+            }
+        };
+        let Cached::Known(record, principal) = &*cached else {
+            return Err(AuthError::Invalid);
+        };
+        // The secret is checked before anything about the key is revealed.
+        if !key.matches_hash(&record.secret_hash) {
+            return Err(AuthError::Invalid);
+        }
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if !record.is_usable_at(now_ms()) {
+            return Err(AuthError::Expired);
+        }
+        Ok(principal.clone())
+    }
+
+    /// Drops a key's cached result (after revocation or creation).
+    pub fn invalidate(&self, key_id: &str) {
+        if let Some(id) = KeyId::parse(key_id) {
+            self.cache.invalidate(&id);
+        }
+    }
+
+    /// Drops every cached result.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .auth_cache
+            .get_or_create(&CacheLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn principal_of(record: &KeyRecord) -> Principal {
+    Principal {
+        key_id: Arc::from(record.id.as_str()),
+        user_id: Arc::from(record.user_id.as_str()),
+        admin: record.has_scope(Scope::Admin),
+        internal: record.has_scope(Scope::Internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_schemes() {
+        let key = ApiKey::generate().expose();
+        assert!(AuthService::parse_header(Some(&format!("Api-Key {key}"))).is_ok());
+        assert!(AuthService::parse_header(Some(&format!("Bearer {key}"))).is_ok());
+        assert!(AuthService::parse_header(Some(&format!("api-key {key}"))).is_ok());
+        assert!(matches!(
+            AuthService::parse_header(None),
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            AuthService::parse_header(Some(&format!("Basic {key}"))),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            AuthService::parse_header(Some(&key)),
+            Err(AuthError::Malformed)
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line: `serve`, `migrate`, `config check`, `admin …` and the
+//! client commands. Admin and client commands talk to a running gateway over
+//! HTTP (`--url`, `--key`), so every change goes through the same validation
+//! and cache invalidation as the admin API.
+
+mod client;
+
+use crate::config::{Config, FlagOverrides};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use client::{run_client, ClientCommand};
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "warder", version, about = "Gateway for ML model APIs")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (public and ops listeners).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(ConfigArgs),
+    /// Inspect configuration.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage users, keys, models, versions, environments, policies and grants.
+    Admin(client::AdminArgs),
+    /// Call a model's sync predict route.
+    Predict(client::PredictArgs),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) or the error.
+    Check(ConfigArgs),
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "WARDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite file and blobs).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Configuration sources.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Public listener address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Ops listener address (metrics, health).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
+    /// Start and register the demo models; print keys and a curl line.
+    #[arg(long)]
+    pub demo: bool,
+    /// Do not run the async worker in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+}
+
+impl ServeArgs {
+    /// Loads the configuration these flags select.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let flags = FlagOverrides {
+            listen: self.listen,
+            ops_listen: self.ops_listen,
+            data_dir: self.config.data_dir.clone(),
+            demo: self.demo.then_some(true),
+            worker_enabled: self.no_worker.then_some(false),
+        };
+        Config::load(self.config.config.as_deref(), &flags)
+    }
+}
+
+impl ConfigArgs {
+    /// Loads the configuration these flags select.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let flags = FlagOverrides {
+            data_dir: self.data_dir.clone(),
+            ..FlagOverrides::default()
+        };
+        Config::load(self.config.as_deref(), &flags)
+    }
+}

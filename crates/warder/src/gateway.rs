@@ -1,0 +1,509 @@
+//! The sync predict pipeline: authorize → limit → call the upstream → answer.
+//!
+//! Called by the thin predict handlers with an authenticated principal and a
+//! selector; knows nothing about routing. Every outcome, success or error,
+//! leaves [`RequestFacts`] on the response for the access log and metrics.
+
+use crate::auth::Principal;
+use crate::catalog::{Access, Limits, ResolveError, Selector, Target};
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::telemetry::metrics::ModelLabels;
+use crate::telemetry::trace::TraceContext;
+use crate::upstream::UpstreamErrorKind;
+use crate::usage::{QuotaPeriod, QuotaRefusal};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warder_core::{ErrorCode, RateDecision, ResponseMode, VersionState};
+
+/// What the access log and metrics need to know about a predict.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// Model id, once resolved.
+    pub model_id: Option<String>,
+    /// Version id, once resolved.
+    pub version_id: Option<String>,
+    /// Time to the upstream's response headers.
+    pub upstream: Option<Duration>,
+}
+
+/// One sync predict call.
+pub struct PredictCall {
+    /// Who calls.
+    pub principal: Arc<Principal>,
+    /// Trace position (request id).
+    pub trace: TraceContext,
+    /// What to call.
+    pub selector: Selector,
+    /// A `predict_internal` route: needs the `internal` scope, skips limits.
+    pub internal: bool,
+    /// The caller's request headers.
+    pub headers: HeaderMap,
+    /// The model input.
+    pub body: Body,
+}
+
+/// Runs a predict and returns the response with [`RequestFacts`] attached.
+pub async fn predict(state: &AppState, call: PredictCall) -> Response {
+    let mut facts = RequestFacts::default();
+    let mut response = match run(state, call, &mut facts).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(facts);
+    response
+}
+
+async fn run(
+    state: &AppState,
+    call: PredictCall,
+    facts: &mut RequestFacts,
+) -> Result<Response, ApiError> {
+    let principal = &call.principal;
+    if call.internal && !principal.internal {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "predict_internal needs a key with the 'internal' scope",
+        ));
+    }
+    let target = state
+        .catalog
+        .resolve(&call.selector)
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound(m) => ApiError::new(ErrorCode::ModelNotFound, m),
+            ResolveError::Store(e) => e.into(),
+        })?;
+    facts.model_id = Some(target.model.id.clone());
+    facts.version_id = Some(target.version.id.clone());
+
+    let limits = authorize(state, principal, &target).await?;
+    check_content_type(&call.headers)?;
+    if target.version.state != VersionState::Active {
+        return Err(ApiError::new(
+            ErrorCode::ModelNotReady,
+            format!("model version '{}' is not active", target.version.id),
+        )
+        .with_retry_after(30));
+    }
+    let decision = if call.internal {
+        None
+    } else {
+        admit(state, principal, &target, &limits).await?
+    };
+
+    let body = axum::body::to_bytes(call.body, state.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body exceeds {} bytes", state.config.max_body_bytes),
+            )
+        })?;
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "request body is not valid JSON",
+        ));
+    }
+
+    let permit = match &target.slots {
+        None => None,
+        Some(slots) => {
+            let wait = Duration::from_millis(state.config.concurrency_wait_ms);
+            match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::ModelBusy,
+                        format!(
+                            "model version '{}' is at its concurrency limit",
+                            target.version.id
+                        ),
+                    )
+                    .with_retry_after(1))
+                }
+            }
+        }
+    };
+
+    let started = Instant::now();
+    let timeout = Duration::from_millis(target.version.timeout_ms);
+    let traceparent = call.trace.outgoing_traceparent();
+    let request_id = call.trace.request_id.to_hex();
+    let url = target.version.upstream_url.as_str();
+    let model_labels = ModelLabels {
+        model: target.model.id.clone(),
+    };
+    state
+        .usage
+        .record(&principal.user_id, &principal.key_id, &target.model.id);
+    let sent = state
+        .upstream
+        .send_buffered(
+            |b| build_upstream_request(url, &traceparent, &request_id, b),
+            body,
+            timeout,
+        )
+        .await;
+    let upstream = sent.map_err(|e| {
+        state
+            .metrics
+            .upstream_error(&target.model.id, e.kind.as_str());
+        tracing::debug!(error = %e, model = %target.model.id, "upstream call failed");
+        match e.kind {
+            UpstreamErrorKind::Timeout => ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("the model did not answer within {} ms", timeout.as_millis()),
+            ),
+            UpstreamErrorKind::Connect => ApiError::new(
+                ErrorCode::UpstreamError,
+                "the model server could not be reached",
+            ),
+            UpstreamErrorKind::Reset => ApiError::new(
+                ErrorCode::UpstreamError,
+                "the model server closed the connection",
+            ),
+        }
+    })?;
+    let upstream_time = started.elapsed();
+    facts.upstream = Some(upstream_time);
+    state
+        .metrics
+        .upstream_duration
+        .get_or_create(&model_labels)
+        .observe(upstream_time.as_secs_f64());
+
+    let status = upstream.status();
+    let (parts, incoming) = upstream.into_parts();
+    if !status.is_success() {
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let bytes = collect_limited(incoming, 64 * 1024, remaining).await;
+        let detail = match &bytes {
+            Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+            }),
+            None => serde_json::Value::Null,
+        };
+        let kind = if status.is_client_error() {
+            "status_4xx"
+        } else {
+            "status_5xx"
+        };
+        state.metrics.upstream_error(&target.model.id, kind);
+        let err = ApiError::new(
+            ErrorCode::UpstreamError,
+            format!("the model answered {}", status.as_u16()),
+        )
+        .with_upstream(detail);
+        return Err(if status.is_client_error() {
+            err.with_status(status)
+        } else {
+            err
+        });
+    }
+
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_content_type);
+    let mut response = if is_json && target.version.response == ResponseMode::Envelope {
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let output = match tokio::time::timeout(
+            remaining,
+            http_body_util::Limited::new(incoming, state.config.max_upstream_response_bytes)
+                .collect(),
+        )
+        .await
+        {
+            Err(_) => {
+                state.metrics.upstream_error(&target.model.id, "timeout");
+                return Err(ApiError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!("the model did not answer within {} ms", timeout.as_millis()),
+                ));
+            }
+            Ok(Err(_)) => {
+                state.metrics.upstream_error(&target.model.id, "reset");
+                return Err(ApiError::new(
+                    ErrorCode::UpstreamError,
+                    "the model's answer was cut off or too large",
+                ));
+            }
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        drop(permit);
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&output).is_err() {
+            state.metrics.upstream_error(&target.model.id, "invalid");
+            return Err(ApiError::new(
+                ErrorCode::UpstreamError,
+                "the model answered invalid JSON",
+            ));
+        }
+        envelope(&call.trace, &target, &output)
+    } else {
+        // Streamed through as it arrives; the concurrency slot is held until
+        // the body is finished or dropped.
+        let body = incoming.map_frame(move |frame| {
+            let _held = &permit;
+            frame
+        });
+        let mut r = Response::new(Body::new(body));
+        *r.status_mut() = parts.status;
+        copy_end_to_end_headers(&parts.headers, r.headers_mut());
+        r
+    };
+    if let Some(d) = decision {
+        rate_limit_headers(response.headers_mut(), &d);
+    }
+    Ok(response)
+}
+
+/// Checks the grant (admin keys need none) and returns the limits to apply.
+async fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    target: &Target,
+) -> Result<Limits, ApiError> {
+    if principal.admin {
+        return Ok(state.catalog.default_limits().clone());
+    }
+    match &*state
+        .catalog
+        .access(&principal.user_id, &target.model.id)
+        .await?
+    {
+        Access::Granted(limits) => Ok(limits.clone()),
+        Access::Denied => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this key has no grant for model '{}'", target.model.name),
+        )),
+    }
+}
+
+/// Applies the rate limit and quotas; returns the rate decision for headers.
+async fn admit(
+    state: &AppState,
+    principal: &Principal,
+    target: &Target,
+    limits: &Limits,
+) -> Result<Option<RateDecision>, ApiError> {
+    let model = &target.model.id;
+    let mut decision = None;
+    if let Some(rate) = limits.rate_per_second {
+        let key = format!("{}:{}", principal.key_id, model);
+        let d = state.limiter.check(&key, rate, limits.burst).await;
+        if !d.allowed {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&ModelLabels {
+                    model: model.clone(),
+                })
+                .inc();
+            let mut err = ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
+                .with_retry_after(d.retry_after.as_secs_f64().ceil() as u64);
+            let mut headers = HeaderMap::new();
+            rate_limit_headers(&mut headers, &d);
+            for (name, value) in headers.iter() {
+                err = err.with_header(name.clone(), value.clone());
+            }
+            return Err(err);
+        }
+        decision = Some(d);
+    }
+    if limits.daily_calls.is_some() || limits.monthly_calls.is_some() {
+        match state
+            .quotas
+            .admit(
+                &principal.key_id,
+                model,
+                limits.daily_calls,
+                limits.monthly_calls,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(QuotaRefusal::Exceeded(period)) => {
+                state
+                    .metrics
+                    .quota_exceeded
+                    .get_or_create(&ModelLabels {
+                        model: model.clone(),
+                    })
+                    .inc();
+                let (what, retry) = match period {
+                    QuotaPeriod::Day => ("daily", seconds_to_next_utc_day()),
+                    QuotaPeriod::Month => ("monthly", seconds_to_next_utc_day()),
+                };
+                return Err(ApiError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!("{what} call quota exhausted"),
+                )
+                .with_retry_after(retry));
+            }
+            Err(QuotaRefusal::Store(e)) => return Err(e.into()),
+        }
+    }
+    Ok(decision)
+}
+
+fn seconds_to_next_utc_day() -> u64 {
+    let now = warder_core::now_ms() / 1000;
+    (86_400 - now.rem_euclid(86_400)) as u64
+}
+
+/// Writes `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision) {
+    static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    headers.insert(LIMIT.clone(), HeaderValue::from(d.limit));
+    headers.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
+    headers.insert(
+        RESET.clone(),
+        HeaderValue::from(d.reset_after.as_secs_f64().ceil() as u64),
+    );
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_content_type);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the model input must be sent as Content-Type: application/json",
+        ))
+    }
+}
+
+/// `application/json` or any `+json` type, with or without parameters.
+pub fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+}
+
+fn build_upstream_request(
+    url: &str,
+    traceparent: &str,
+    request_id: &str,
+    body: Bytes,
+) -> Request<Body> {
+    let mut request = Request::new(Body::from(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = url.parse().unwrap_or_default();
+    let h = request.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(traceparent) {
+        h.insert(HeaderName::from_static("traceparent"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    request
+}
+
+/// Builds the envelope around the upstream's JSON bytes without re-encoding
+/// them (ids are alphanumeric, so they need no escaping).
+fn envelope(trace: &TraceContext, target: &Target, output: &Bytes) -> Response {
+    let mut out = BytesMut::with_capacity(output.len() + 160);
+    out.put_slice(b"{\"request_id\":\"");
+    out.put_slice(trace.request_id.to_hex().as_bytes());
+    out.put_slice(b"\",\"model_id\":");
+    out.put_slice(json_str(&target.model.id).as_bytes());
+    out.put_slice(b",\"model_version_id\":");
+    out.put_slice(json_str(&target.version.id).as_bytes());
+    out.put_slice(b",\"output\":");
+    out.put_slice(output);
+    out.put_slice(b",\"cached\":false}");
+    let mut r = Response::new(Body::from(out.freeze()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+async fn collect_limited(
+    body: hyper::body::Incoming,
+    limit: usize,
+    within: Duration,
+) -> Option<Bytes> {
+    match tokio::time::timeout(within, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => Some(c.to_bytes()),
+        _ => None,
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded by a proxy.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Copies every end-to-end header.
+pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !is_hop_by_hop(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Statuses the gateway itself may answer for a predict (for docs).
+pub const PREDICT_ERROR_STATUSES: [StatusCode; 8] = [
+    StatusCode::UNAUTHORIZED,
+    StatusCode::FORBIDDEN,
+    StatusCode::NOT_FOUND,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("application/problem+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("text/event-stream"));
+        assert!(!is_json_content_type("application/jsonx"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Middleware of the public listener: request context, authentication and
+//! the admin check.
+//!
+//! `request_context` is outermost: it fixes the request id (trace id),
+//! renders error bodies with that id, stamps `X-Request-Id`, records metrics
+//! and writes the one access-log line. `authenticate` runs on every matched
+//! route except the explicit open list; `require_admin` on `/admin`.
+
+use crate::auth::{AuthError, AuthService, Principal};
+use crate::gateway::RequestFacts;
+use crate::http::error::ApiError;
+use crate::state::SharedState;
+use crate::telemetry::metrics::{RequestLabels, RouteLabels};
+use crate::telemetry::trace::TraceContext;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Instant;
+use warder_core::ErrorCode;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The key that made a request, left on the response for the access log.
+#[derive(Debug, Clone)]
+pub struct KeyFact(pub Arc<str>);
+
+/// Request id, error rendering, metrics and the access log.
+pub async fn request_context(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let trace = TraceContext::from_traceparent(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(trace);
+    let route: Arc<str> = match req.extensions().get::<MatchedPath>() {
+        Some(m) => Arc::from(m.as_str()),
+        None => Arc::from("fallback"),
+    };
+    let method = req.method().clone();
+    state.metrics.in_flight.inc();
+    let mut response = next.run(req).await;
+    state.metrics.in_flight.dec();
+
+    let request_id = trace.request_id.to_hex();
+    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+        let body = err.body(Some(&trace.request_id));
+        *response.body_mut() = Body::from(body.to_string());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+
+    let elapsed = start.elapsed();
+    let facts = response.extensions().get::<RequestFacts>();
+    let model = facts.and_then(|f| f.model_id.as_deref()).unwrap_or("");
+    let version = facts.and_then(|f| f.version_id.as_deref()).unwrap_or("");
+    let upstream = facts.and_then(|f| f.upstream);
+    let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
+    let status = response.status().as_u16();
+    let m = &state.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.to_string(),
+            model: model.to_owned(),
+            status,
+        })
+        .inc();
+    let route_labels = RouteLabels {
+        route: route.to_string(),
+        model: model.to_owned(),
+    };
+    m.request_duration
+        .get_or_create(&route_labels)
+        .observe(elapsed.as_secs_f64());
+    if let Some(u) = upstream {
+        m.overhead
+            .get_or_create(&route_labels)
+            .observe(elapsed.saturating_sub(u).as_secs_f64());
+    }
+    tracing::info!(
+        target: "warder::access",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status,
+        key_id = key_id.as_deref().unwrap_or(""),
+        model,
+        version,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
+        "request"
+    );
+    response
+}
+
+/// Authenticates the caller's key and puts its [`Principal`] in the request.
+pub async fn authenticate(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match AuthService::parse_header(header) {
+        Ok(key) => state.auth.authenticate(&key).await,
+        Err(e) => Err(e),
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(AuthError::Store(e)) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            return ApiError::new(ErrorCode::Unauthenticated, e.to_string())
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Api-Key"),
+                )
+                .into_response()
+        }
+    };
+    let key = KeyFact(principal.key_id.clone());
+    req.extensions_mut().insert(principal);
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(key);
+    response
+}
+
+/// Refuses keys without the `admin` scope.
+pub async fn require_admin(req: Request, next: Next) -> Response {
+    let admin = req
+        .extensions()
+        .get::<Arc<Principal>>()
+        .is_some_and(|p| p.admin);
+    if !admin {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "this route needs a key with the 'admin' scope",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}

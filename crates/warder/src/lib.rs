@@ -1,0 +1,23 @@
+//! warder: a self-hosted gateway for ML model APIs.
+//!
+//! The library holds the whole server; the `warder` binary only parses the
+//! command line and calls in. Start at [`app::App`].
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod gateway;
+pub mod http;
+pub mod ratelimit;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+pub mod usage;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,107 @@
+//! The `warder` binary: parse the command line, then hand over to the library.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use warder::cli::{Cli, Command, ConfigCommand};
+use warder::App;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let code = runtime.block_on(run(cli))?;
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            let _logs = warder::telemetry::init_logging(&config);
+            let app = App::build(config).await?;
+            if let Some(keys) = app.demo_keys() {
+                print_demo_banner(app.public_addr(), keys)?;
+            }
+            app.run(shutdown_signal()).await;
+            Ok(0)
+        }
+        Command::Migrate(args) => {
+            let config = args.load()?;
+            let store = warder::app::open_store(&config).await?;
+            writeln!(
+                std::io::stdout(),
+                "migrations applied ({:?})",
+                store.dialect()
+            )?;
+            Ok(0)
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => match args.load() {
+            Ok(config) => {
+                write!(std::io::stdout(), "{}", config.redacted_toml())?;
+                Ok(0)
+            }
+            Err(e) => {
+                writeln!(std::io::stderr(), "{e}")?;
+                Ok(2)
+            }
+        },
+        Command::Admin(args) => {
+            warder::cli::run_client(warder::cli::ClientCommand::Admin(args)).await
+        }
+        Command::Predict(args) => {
+            warder::cli::run_client(warder::cli::ClientCommand::Predict(args)).await
+        }
+    }
+}
+
+fn print_demo_banner(
+    addr: std::net::SocketAddr,
+    keys: &warder::demo::DemoKeys,
+) -> anyhow::Result<()> {
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nwarder demo is running on http://{host}")?;
+    writeln!(out, "  models:    {}", warder::demo::DEMO_MODELS.join(", "))?;
+    writeln!(out, "  admin key: {}", keys.admin_key)?;
+    writeln!(out, "  user key:  {}", keys.user_key)?;
+    writeln!(out, "  docs:      http://{host}/docs")?;
+    writeln!(out, "\nTry:")?;
+    writeln!(
+        out,
+        "curl -s -X POST http://{host}/models/sentiment/predict -H 'Authorization: Api-Key {}' -H 'Content-Type: application/json' -d '{{\"text\": \"I love this gateway\"}}'",
+        keys.user_key
+    )?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

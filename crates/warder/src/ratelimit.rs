@@ -1,0 +1,138 @@
+//! The in-process GCRA rate limiter (embedded mode).
+//!
+//! One `governor` limiter per (key, model) pair, created on first use and
+//! dropped after ten idle minutes. A policy change replaces the pair's
+//! limiter (the next request starts from a full bucket under the new policy).
+
+use async_trait::async_trait;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::Quota;
+use moka::sync::Cache;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use warder_core::{RateDecision, RateLimiter};
+
+type Limiter =
+    governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+struct Bucket {
+    rate: f64,
+    burst: u32,
+    limiter: Limiter,
+}
+
+/// GCRA limits kept in this process.
+pub struct LocalRateLimiter {
+    buckets: Cache<String, Arc<Bucket>>,
+    clock: DefaultClock,
+}
+
+impl Default for LocalRateLimiter {
+    fn default() -> Self {
+        LocalRateLimiter::new()
+    }
+}
+
+impl LocalRateLimiter {
+    /// An empty limiter.
+    pub fn new() -> LocalRateLimiter {
+        LocalRateLimiter {
+            buckets: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn bucket(&self, key: &str, rate: f64, burst: u32) -> Arc<Bucket> {
+        if let Some(b) = self.buckets.get(key) {
+            if b.rate == rate && b.burst == burst {
+                return b;
+            }
+        }
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+        let burst_nz = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst_nz);
+        let bucket = Arc::new(Bucket {
+            rate,
+            burst,
+            limiter: governor::RateLimiter::direct(quota)
+                .with_middleware::<StateInformationMiddleware>(),
+        });
+        self.buckets.insert(key.to_owned(), bucket.clone());
+        bucket
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn check(&self, key: &str, rate_per_second: f64, burst: u32) -> RateDecision {
+        let bucket = self.bucket(key, rate_per_second, burst);
+        let burst = burst.max(1);
+        let per_token = Duration::from_secs_f64(1.0 / rate_per_second.max(1e-6));
+        match bucket.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                RateDecision {
+                    allowed: true,
+                    limit: burst,
+                    remaining,
+                    reset_after: per_token * (burst - remaining.min(burst)),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                RateDecision {
+                    allowed: false,
+                    limit: burst,
+                    remaining: 0,
+                    reset_after: per_token * burst,
+                    retry_after: wait,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admits_the_burst_then_refuses_with_a_wait() {
+        let limiter = LocalRateLimiter::new();
+        let mut allowed = 0;
+        let mut last = None;
+        for _ in 0..8 {
+            let d = limiter.check("k", 5.0, 5).await;
+            if d.allowed {
+                allowed += 1;
+            } else {
+                last = Some(d);
+            }
+        }
+        assert_eq!(allowed, 5);
+        let refused = last.expect("some refused");
+        assert!(refused.retry_after > Duration::ZERO);
+        assert!(refused.retry_after <= Duration::from_millis(200));
+        assert!(
+            limiter.check("other", 5.0, 5).await.allowed,
+            "keys are independent"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_takes_effect() {
+        let limiter = LocalRateLimiter::new();
+        assert!(limiter.check("k", 1.0, 1).await.allowed);
+        assert!(!limiter.check("k", 1.0, 1).await.allowed);
+        assert!(limiter.check("k", 100.0, 10).await.allowed);
+    }
+}

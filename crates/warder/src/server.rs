@@ -1,0 +1,96 @@
+//! The accept loop of a listener: HTTP/1.1 and HTTP/2, `TCP_NODELAY`, a
+//! header read timeout and graceful draining.
+//!
+//! Written on hyper-util directly because `axum::serve` exposes neither a
+//! header read timeout nor per-connection socket options; the rest (routing,
+//! handlers) is axum as usual.
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::Service;
+
+/// How a listener serves connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Time allowed to receive a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish after shutdown is signalled.
+    pub drain_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish (up to the drain timeout).
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // rather than spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { router.call(req.map(axum::body::Body::new)).await }
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        listener = name,
+        "stopped accepting; draining in-flight requests"
+    );
+    match tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!(listener = name, "drained"),
+        Err(_) => tracing::warn!(
+            listener = name,
+            "drain timed out; closing remaining connections"
+        ),
+    }
+}
+
+/// The bound address of a listener, for logs and tests.
+pub fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}

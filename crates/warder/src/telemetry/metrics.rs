@@ -1,0 +1,210 @@
+//! Every metric warder exports, defined in this one module.
+//!
+//! Each [`Metrics`] owns its own registry (no process-global state), so
+//! several gateways in one process — as in the integration tests — never mix
+//! their numbers. Names start with `warder_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+
+/// Labels of a finished HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Matched route template (`/models/{model}/predict`), or `fallback`.
+    pub route: String,
+    /// Model id, or empty when the route has none.
+    pub model: String,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// Labels of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Matched route template.
+    pub route: String,
+    /// Model id, or empty.
+    pub model: String,
+}
+
+/// Labels naming a model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model id.
+    pub model: String,
+}
+
+/// Labels of an upstream failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Model id.
+    pub model: String,
+    /// `connect`, `timeout`, `reset`, `status_4xx`, `status_5xx`, `invalid`.
+    pub kind: String,
+}
+
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0, 60.0,
+    ]
+    .into_iter()
+}
+
+fn overhead_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+    ]
+    .into_iter()
+}
+
+/// The gateway's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `warder_http_requests_total{route,model,status}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `warder_http_request_duration_seconds{route,model}`.
+    pub request_duration: Family<RouteLabels, Histogram>,
+    /// `warder_gateway_overhead_seconds{route,model}`: total minus upstream time.
+    pub overhead: Family<RouteLabels, Histogram>,
+    /// `warder_upstream_duration_seconds{model}`: time to upstream headers.
+    pub upstream_duration: Family<ModelLabels, Histogram>,
+    /// `warder_upstream_errors_total{model,kind}`.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// `warder_rate_limited_total{model}`.
+    pub rate_limited: Family<ModelLabels, Counter>,
+    /// `warder_quota_exceeded_total{model}`.
+    pub quota_exceeded: Family<ModelLabels, Counter>,
+    /// `warder_auth_cache_total{result}`.
+    pub auth_cache: Family<CacheLabels, Counter>,
+    /// `warder_http_requests_in_flight`.
+    pub in_flight: Gauge,
+    /// `warder_store_reads_total`, copied from the store at scrape time.
+    pub store_reads: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        let overhead = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(overhead_buckets())
+        });
+        let upstream_duration = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let rate_limited = Family::<ModelLabels, Counter>::default();
+        let quota_exceeded = Family::<ModelLabels, Counter>::default();
+        let auth_cache = Family::<CacheLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        let store_reads = Counter::default();
+        registry.register(
+            "warder_http_requests",
+            "HTTP requests answered on the public listener",
+            requests.clone(),
+        );
+        registry.register(
+            "warder_http_request_duration_seconds",
+            "Time from request to response headers",
+            request_duration.clone(),
+        );
+        registry.register(
+            "warder_gateway_overhead_seconds",
+            "Time spent in warder itself: total minus upstream time",
+            overhead.clone(),
+        );
+        registry.register(
+            "warder_upstream_duration_seconds",
+            "Time from upstream call to upstream response headers",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "warder_upstream_errors",
+            "Upstream calls that failed, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "warder_rate_limited",
+            "Requests refused by a per-key rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "warder_quota_exceeded",
+            "Requests refused by a daily or monthly quota",
+            quota_exceeded.clone(),
+        );
+        registry.register(
+            "warder_auth_cache",
+            "Authentication lookups answered from the in-process cache (hit) or the store (miss)",
+            auth_cache.clone(),
+        );
+        registry.register(
+            "warder_http_requests_in_flight",
+            "Requests being processed",
+            in_flight.clone(),
+        );
+        registry.register(
+            "warder_store_reads",
+            "Read queries issued to the store",
+            store_reads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            overhead,
+            upstream_duration,
+            upstream_errors,
+            rate_limited,
+            quota_exceeded,
+            auth_cache,
+            in_flight,
+            store_reads,
+        }
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self, model: &str, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                model: model.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Renders the Prometheus text format, after copying `store_reads`.
+    pub fn render(&self, store_reads: u64) -> String {
+        self.store_reads
+            .inner()
+            .store(store_reads, Ordering::Relaxed);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

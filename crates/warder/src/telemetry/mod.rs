@@ -1,0 +1,48 @@
+//! Telemetry in one place: log setup, the metric registry and W3C trace context.
+//!
+//! Nothing here decides what a request does; it only records what happened.
+
+pub mod metrics;
+pub mod trace;
+
+use crate::config::{Config, LogFormat};
+use std::io::IsTerminal;
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+/// Keeps the background log writer alive; drop it last (it flushes).
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Installs the global log subscriber. Lines are written by a background
+/// thread so that a slow stdout never stalls a request.
+pub fn init_logging(config: &Config) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stdout());
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = config
+        .log_format
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().compact().with_writer(writer))
+            .try_init(),
+    };
+    // A second initialisation (several apps in one test process) keeps the first.
+    let _ = result;
+    LogGuard(guard)
+}

@@ -1,0 +1,148 @@
+//! The pooled HTTP client every call to a model server or fallback goes through.
+//!
+//! Keep-alive pools per host, `TCP_NODELAY` on every connection, HTTP and
+//! HTTPS. An error says where it came from and whether a retry is safe: only
+//! a failure to connect (no byte of the request sent) is retried, once, and
+//! only when the caller can replay the body.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// What went wrong with an upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Could not connect (refused, unreachable): nothing was sent.
+    Connect,
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection broke or the answer was not valid HTTP.
+    Reset,
+}
+
+impl UpstreamErrorKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+        }
+    }
+}
+
+/// A failed upstream call.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {kind:?}: {message}")]
+pub struct UpstreamError {
+    /// What happened.
+    pub kind: UpstreamErrorKind,
+    /// Whether the request can be sent again without risk of doing it twice.
+    pub retry_safe: bool,
+    /// Detail for logs.
+    pub message: String,
+}
+
+/// The shared upstream client; cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        UpstreamClient::new()
+    }
+}
+
+impl UpstreamClient {
+    /// A client with keep-alive pools and `TCP_NODELAY`.
+    pub fn new() -> UpstreamClient {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        UpstreamClient { client }
+    }
+
+    /// Sends a request whose body cannot be replayed (streaming).
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError {
+                kind: UpstreamErrorKind::Timeout,
+                retry_safe: false,
+                message: format!("no answer within {} ms", timeout.as_millis()),
+            }),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Sends a buffered request, retrying once when the first attempt could
+    /// not connect. `build` makes a fresh request for each attempt.
+    pub async fn send_buffered(
+        &self,
+        build: impl Fn(Bytes) -> Request<Body>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match self.send(build(body.clone()), timeout).await {
+            Err(e) if e.retry_safe => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                self.send(build(body), left).await
+            }
+            other => other,
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let message = error_chain(e);
+    if e.is_connect() {
+        UpstreamError {
+            kind: UpstreamErrorKind::Connect,
+            retry_safe: true,
+            message,
+        }
+    } else {
+        UpstreamError {
+            kind: UpstreamErrorKind::Reset,
+            retry_safe: false,
+            message,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
