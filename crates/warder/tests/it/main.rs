@@ -1,1 +1,12 @@
-fn main() {}
+//! warder's integration tests: real sockets, a real store (SQLite and
+//! PostgreSQL), fake model servers on loopback ports. Read a module as the
+//! manual of the behaviour it covers.
+
+mod admin;
+mod auth;
+mod binary;
+mod helpers;
+mod lifecycle;
+mod observability;
+mod predict;
+mod ratelimit;

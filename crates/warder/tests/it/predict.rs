@@ -1,0 +1,506 @@
+//! Sync predict: every route, envelope and raw, streaming passthrough,
+//! upstream failures, fallback, inactive versions and promotion.
+
+use crate::helpers::*;
+use crate::scenarios;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+scenarios!(
+    envelope_on_every_route,
+    raw_mode_passes_json_untouched,
+    sse_is_streamed_chunk_by_chunk,
+    binary_is_byte_identical,
+    upstream_failures_are_mapped,
+    fallback_proxies_unmatched_routes,
+    no_fallback_answers_404,
+    inactive_version_is_not_ready,
+    promote_switches_the_target,
+    internal_routes_need_the_internal_scope_and_skip_limits,
+    concurrency_cap_queues_then_refuses,
+    callers_key_is_not_forwarded_and_trace_is,
+);
+
+async fn envelope_on_every_route(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let m = app.register("echo", &up.url("/echo"), json!({})).await;
+    let caller = app.caller("alice", &["echo"], None).await;
+    let internal = app
+        .caller_with_scopes("svc", &["echo"], None, &["internal"])
+        .await;
+    let input = json!({"x": [1, 2, {"y": "z"}]});
+    let routes = [
+        (format!("/models/{}/predict", m.name), &caller.key),
+        (format!("/models/{}/predict", m.model_id), &caller.key),
+        (
+            format!("/models/{}/environments/production/predict", m.name),
+            &caller.key,
+        ),
+        (
+            format!("/model_versions/{}/predict", m.version_id),
+            &caller.key,
+        ),
+        (
+            format!("/models/{}/predict_internal", m.name),
+            &internal.key,
+        ),
+        (
+            format!("/model_versions/{}/predict_internal", m.version_id),
+            &internal.key,
+        ),
+        (
+            format!("/model/{}/{}/predict_internal", m.name, m.version_id),
+            &internal.key,
+        ),
+    ];
+    for (path, key) in routes {
+        let (status, body, headers) = json_of(app.predict(key, &path, input.clone()).await).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let rid = headers["x-request-id"].to_str().expect("header");
+        assert_eq!(body["request_id"], rid, "{path}");
+        assert_eq!(body["model_id"], m.model_id.as_str());
+        assert_eq!(body["model_version_id"], m.version_id.as_str());
+        assert_eq!(body["output"], input);
+        assert_eq!(body["cached"], false);
+    }
+    // A version of another model is not reachable through this model's route.
+    let other = app.register("other", &up.url("/echo"), json!({})).await;
+    let (s, body, _) = json_of(
+        app.predict(
+            &internal.key,
+            &format!("/model/{}/{}/predict_internal", m.name, other.version_id),
+            input,
+        )
+        .await,
+    )
+    .await;
+    assert_error(s, &body, 404, "MODEL_NOT_FOUND");
+}
+
+async fn raw_mode_passes_json_untouched(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("raw", &up.url("/echo"), json!({"response": "raw"}))
+        .await;
+    let caller = app.caller("bob", &["raw"], None).await;
+    let resp = app
+        .predict(&caller.key, "/models/raw/predict", json!({"a": 1}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("application/json"));
+    assert_eq!(resp.text().await.expect("text"), r#"{"a":1}"#);
+}
+
+async fn sse_is_streamed_chunk_by_chunk(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("stream", &up.url("/sse"), json!({})).await;
+    let caller = app.caller("carol", &["stream"], None).await;
+    let started = Instant::now();
+    let resp = app
+        .predict(&caller.key, "/models/stream/predict", json!({}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("chunk");
+        arrivals.push(started.elapsed());
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(text, "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n");
+    let first = arrivals[0];
+    let last = *arrivals.last().expect("last");
+    // The upstream waits 400 ms between events: if the gateway buffered, the
+    // first chunk would arrive with the last.
+    assert!(
+        last.saturating_sub(first) >= Duration::from_millis(600),
+        "chunks arrived together: {arrivals:?}"
+    );
+}
+
+async fn binary_is_byte_identical(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("bin", &up.url("/binary"), json!({})).await;
+    let caller = app.caller("dave", &["bin"], None).await;
+    let resp = app
+        .predict(&caller.key, "/models/bin/predict", json!({}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let bytes = resp.bytes().await.expect("bytes");
+    assert_eq!(bytes.as_ref(), binary_payload().as_slice());
+}
+
+async fn upstream_failures_are_mapped(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let dead = refused_addr().await;
+    app.register("m422", &up.url("/status/422"), json!({}))
+        .await;
+    app.register("m404", &up.url("/status/404"), json!({}))
+        .await;
+    app.register("m500", &up.url("/status/500"), json!({}))
+        .await;
+    app.register("m503text", &up.url("/text_status/503"), json!({}))
+        .await;
+    app.register("slow", &up.url("/sleep/2000"), json!({"timeout_ms": 200}))
+        .await;
+    app.register("dead", &format!("http://{dead}/x"), json!({}))
+        .await;
+    app.register("badjson", &up.url("/invalid_json"), json!({}))
+        .await;
+    let c = app
+        .caller(
+            "erin",
+            &[
+                "m422", "m404", "m500", "m503text", "slow", "dead", "badjson",
+            ],
+            None,
+        )
+        .await;
+
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/m422/predict", json!({})).await).await;
+    assert_error(s, &body, 422, "UPSTREAM_ERROR");
+    assert_eq!(
+        body["error"]["upstream"],
+        json!({"detail": "upstream says 422"})
+    );
+
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/m404/predict", json!({})).await).await;
+    assert_error(s, &body, 404, "UPSTREAM_ERROR");
+
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/m500/predict", json!({})).await).await;
+    assert_error(s, &body, 502, "UPSTREAM_ERROR");
+    assert_eq!(body["error"]["upstream"]["detail"], "upstream says 500");
+
+    let (s, body, _) = json_of(
+        app.predict(&c.key, "/models/m503text/predict", json!({}))
+            .await,
+    )
+    .await;
+    assert_error(s, &body, 502, "UPSTREAM_ERROR");
+    assert_eq!(body["error"]["upstream"], "plain failure");
+
+    let started = Instant::now();
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/slow/predict", json!({})).await).await;
+    assert_error(s, &body, 504, "UPSTREAM_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "timeout honoured"
+    );
+
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/dead/predict", json!({})).await).await;
+    assert_error(s, &body, 502, "UPSTREAM_ERROR");
+
+    let (s, body, _) = json_of(
+        app.predict(&c.key, "/models/badjson/predict", json!({}))
+            .await,
+    )
+    .await;
+    assert_error(s, &body, 502, "UPSTREAM_ERROR");
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("warder_upstream_errors_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kind=\"timeout\""), "{metrics}");
+    assert!(metrics.contains("kind=\"connect\""), "{metrics}");
+}
+
+async fn fallback_proxies_unmatched_routes(b: Backend) {
+    let up = fake_upstream().await;
+    let base = up.url("/fallback");
+    let app = spawn_app_with(b, |c| c.fallback_upstream = Some(base)).await;
+    let resp = app
+        .client
+        .get(format!("{}/api/v2/things?b=2&a=1&x=%20y", app.url))
+        .header("Authorization", "Bearer control-plane-token")
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, headers) = json_of(resp).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["method"], "GET");
+    assert_eq!(body["uri"], "/fallback/api/v2/things?b=2&a=1&x=%20y");
+    assert_eq!(body["authorization"], "Bearer control-plane-token");
+    assert!(headers.contains_key("x-request-id"));
+
+    let big = "z".repeat(300_000);
+    let resp = app
+        .client
+        .put(format!("{}/upload/here", app.url))
+        .body(big.clone())
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["method"], "PUT");
+    assert_eq!(body["body"].as_str().map(str::len), Some(big.len()));
+
+    // Known routes are not proxied: a predict without a key is refused here.
+    let resp = app
+        .client
+        .post(format!("{}/models/x/predict", app.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_error(s, &body, 401, "UNAUTHENTICATED");
+}
+
+async fn no_fallback_answers_404(b: Backend) {
+    let app = spawn_app(b).await;
+    let resp = app
+        .client
+        .get(format!("{}/nothing/here", app.url))
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_error(s, &body, 404, "NOT_FOUND");
+}
+
+async fn inactive_version_is_not_ready(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let m = app
+        .register("idle", &up.url("/echo"), json!({"state": "inactive"}))
+        .await;
+    let c = app.caller("frank", &["idle"], None).await;
+    let (s, body, headers) =
+        json_of(app.predict(&c.key, "/models/idle/predict", json!({})).await).await;
+    assert_error(s, &body, 503, "MODEL_NOT_READY");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(up.log.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let (s, _) = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/model_versions/{}", m.version_id),
+            Some(json!({"state": "active"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let resp = app
+        .predict(&c.key, "/models/idle/predict", json!({"ok": 1}))
+        .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "activation takes effect on the next request"
+    );
+}
+
+async fn promote_switches_the_target(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let m = app.register("prom", &up.url("/echo"), json!({})).await;
+    let c = app.caller("gina", &["prom"], None).await;
+    let (s, v2) = app
+        .admin(
+            Method::POST,
+            "/admin/models/prom/versions",
+            Some(json!({"upstream_url": up.url("/inspect"), "response": "raw"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v2}");
+    let v2 = v2["id"].as_str().expect("id").to_owned();
+
+    let (_, body, _) = json_of(
+        app.predict(&c.key, "/models/prom/predict", json!({"n": 1}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        body["model_version_id"],
+        m.version_id.as_str(),
+        "first version is production"
+    );
+
+    // Staging before promotion; then production moves.
+    let (s, env) = app
+        .admin(
+            Method::PUT,
+            "/admin/models/prom/environments/staging",
+            Some(json!({"version_id": v2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{env}");
+    let (s, body, _) = json_of(
+        app.predict(
+            &c.key,
+            "/models/prom/environments/staging/predict",
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(body["headers"].is_object(), "staging serves v2: {body}");
+
+    let (s, _) = app
+        .admin(
+            Method::PUT,
+            "/admin/models/prom/environments/production",
+            Some(json!({"version_id": v2})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, body, _) = json_of(app.predict(&c.key, "/models/prom/predict", json!({})).await).await;
+    assert_eq!(s, 200);
+    assert!(
+        body["headers"].is_object(),
+        "production now serves v2: {body}"
+    );
+
+    let (s, body, _) = json_of(
+        app.predict(&c.key, "/models/prom/environments/nope/predict", json!({}))
+            .await,
+    )
+    .await;
+    assert_error(s, &body, 404, "MODEL_NOT_FOUND");
+
+    // A version of another model cannot be promoted here.
+    let other = app.register("other", &up.url("/echo"), json!({})).await;
+    let (s, body) = app
+        .admin(
+            Method::PUT,
+            "/admin/models/prom/environments/production",
+            Some(json!({"version_id": other.version_id})),
+        )
+        .await;
+    assert_error(s, &body, 422, "INVALID_INPUT");
+}
+
+async fn internal_routes_need_the_internal_scope_and_skip_limits(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("int", &up.url("/echo"), json!({})).await;
+    let policy = app.policy("tight", 1.0, 1).await;
+    let plain = app.caller("plain", &["int"], Some(&policy)).await;
+    let svc = app
+        .caller_with_scopes("svc", &["int"], Some(&policy), &["internal"])
+        .await;
+    let (s, body, _) = json_of(
+        app.predict(&plain.key, "/models/int/predict_internal", json!({}))
+            .await,
+    )
+    .await;
+    assert_error(s, &body, 403, "FORBIDDEN");
+    for _ in 0..5 {
+        let resp = app
+            .predict(&svc.key, "/models/int/predict_internal", json!({}))
+            .await;
+        assert_eq!(resp.status(), 200, "no rate limit on internal routes");
+    }
+    assert_eq!(
+        app.predict(&svc.key, "/models/int/predict", json!({}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.predict(&svc.key, "/models/int/predict", json!({}))
+            .await
+            .status(),
+        429
+    );
+}
+
+async fn concurrency_cap_queues_then_refuses(b: Backend) {
+    let app = spawn_app_with(b, |c| c.concurrency_wait_ms = 250).await;
+    let up = fake_upstream().await;
+    app.register(
+        "capped",
+        &up.url("/sleep/600"),
+        json!({"max_concurrency": 2}),
+    )
+    .await;
+    let c = app.caller("henry", &["capped"], None).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = app.client.clone();
+        let url = format!("{}/models/capped/predict", app.url);
+        let key = c.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .header("Authorization", format!("Api-Key {key}"))
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("sent");
+            json_of(resp).await
+        }));
+    }
+    let mut ok = 0;
+    let mut busy = 0;
+    for t in tasks {
+        let (s, body, headers) = t.await.expect("join");
+        match s.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_error(s, &body, 503, "MODEL_BUSY");
+                assert!(headers.contains_key("retry-after"));
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((ok, busy), (2, 2));
+    assert_eq!(
+        up.log
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+async fn callers_key_is_not_forwarded_and_trace_is(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("insp", &up.url("/inspect"), json!({})).await;
+    let c = app.caller("ivy", &["insp"], None).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = app
+        .client
+        .post(format!("{}/models/insp/predict", app.url))
+        .header("Authorization", format!("Bearer {}", c.key))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"q": 1}))
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, headers) = json_of(resp).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        headers["x-request-id"], trace,
+        "incoming trace id is the request id"
+    );
+    let seen = &body["output"]["headers"];
+    assert!(
+        seen.get("authorization").is_none(),
+        "key forwarded upstream: {seen}"
+    );
+    assert!(!body.to_string().contains(&c.key));
+    let tp = seen["traceparent"]
+        .as_str()
+        .expect("traceparent propagated");
+    assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
+    assert_eq!(seen["x-request-id"], trace);
+    assert_eq!(body["output"]["body"], r#"{"q":1}"#);
+}
