@@ -57,8 +57,8 @@ impl fmt::Display for KeyId {
 
 /// A clear API key, `wdr_` + 8-char public id + `_` + 32+ char secret.
 ///
-/// Its `Debug` and `Display` never show the secret, so a key that ends up in
-/// a log line by mistake leaks nothing.
+/// Its `Debug` never shows the secret (and there is no `Display`), so a key
+/// that ends up in a log line by mistake leaks nothing.
 #[derive(Clone)]
 pub struct ApiKey {
     id: KeyId,

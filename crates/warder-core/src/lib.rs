@@ -13,6 +13,6 @@ pub mod store;
 
 pub use error::ErrorCode;
 pub use ids::{new_id, now_ms, ApiKey, KeyId, RequestId, SpanId};
-pub use limits::{RateDecision, RateLimiter};
+pub use limits::{RateDecision, RateLimiter, RateLimiterUnavailable};
 pub use records::*;
 pub use store::*;

@@ -18,6 +18,12 @@ pub struct RateDecision {
     pub retry_after: Duration,
 }
 
+/// The shared limiter could not be asked (e.g. Redis is down); the caller
+/// decides whether to fail open or closed.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limiter unavailable: {0}")]
+pub struct RateLimiterUnavailable(pub String);
+
 /// A GCRA rate limiter keyed by an opaque string.
 ///
 /// Implementations must be atomic per key: concurrent checks of one key
@@ -26,5 +32,10 @@ pub struct RateDecision {
 pub trait RateLimiter: Send + Sync {
     /// Checks (and on success, consumes) one request of `key` under a sustained
     /// `rate_per_second` with `burst`.
-    async fn check(&self, key: &str, rate_per_second: f64, burst: u32) -> RateDecision;
+    async fn check(
+        &self,
+        key: &str,
+        rate_per_second: f64,
+        burst: u32,
+    ) -> Result<RateDecision, RateLimiterUnavailable>;
 }

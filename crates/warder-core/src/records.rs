@@ -309,6 +309,6 @@ pub struct UsageRow {
     pub model_id: String,
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
-    /// Number of calls answered.
+    /// Number of calls sent to the model (whatever it answered).
     pub calls: u64,
 }

@@ -7,6 +7,10 @@
 
 use crate::auth::AuthService;
 use crate::catalog::Catalog;
+use crate::cluster::authcache::AuthL2;
+use crate::cluster::bus::Bus;
+use crate::cluster::ratelimit::RedisRateLimiter;
+use crate::cluster::{Invalidator, RedisDown, RedisLink};
 use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::demo::{self, DemoKeys};
@@ -23,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use warder_core::{ApiKey, Store, StoreError};
+use warder_core::{ApiKey, RateLimiter, Store, StoreError};
 use warder_store::{SqlStore, StoreOptions};
 
 /// Why the gateway could not start.
@@ -48,6 +52,9 @@ pub enum StartupError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Redis (cluster mode) could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisDown),
     /// A start-up step of the control plane failed.
     #[error("start-up: {0}")]
     Control(#[from] crate::control::ControlError),
@@ -88,26 +95,53 @@ impl App {
     ) -> Result<App, StartupError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let auth = AuthService::new(
-            store.clone(),
-            Duration::from_secs(config.auth_cache_ttl_s.max(1)),
-            metrics.clone(),
-        );
+        let cache_ttl = Duration::from_secs(config.auth_cache_ttl_s.max(1));
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                RedisLink::connect(
+                    url,
+                    &config.redis_prefix,
+                    Duration::from_millis(config.redis_timeout_ms.max(1)),
+                    metrics.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let mut auth = AuthService::new(store.clone(), cache_ttl, metrics.clone());
+        if let Some(link) = &redis {
+            auth = auth.with_l2(AuthL2::new(link.clone(), cache_ttl));
+        }
         let catalog = Arc::new(Catalog::new(store.clone(), &config));
-        let control =
-            ControlPlane::new(store.clone(), auth.clone(), catalog.clone(), config.clone());
+        let bus = redis.as_ref().map(|link| Bus::new(link.clone()));
+        let invalidator = Invalidator::new(auth.clone(), catalog.clone(), bus.clone());
+        let control = ControlPlane::new(store.clone(), invalidator.clone(), config.clone());
+        let limiter: Arc<dyn RateLimiter> = match &redis {
+            Some(link) => Arc::new(RedisRateLimiter::new(link.clone())),
+            None => Arc::new(LocalRateLimiter::new()),
+        };
+        let mut background: Vec<BoxFuture<'static, ()>> = Vec::new();
+        if let (Some(link), Some(bus)) = (&redis, bus) {
+            background.push(Box::pin(link.clone().monitor(std::future::pending())));
+            background.push(Box::pin(bus.consume(
+                invalidator,
+                metrics.clone(),
+                std::future::pending(),
+            )));
+        }
         let (usage, usage_writer) = usage_channel(store.clone());
         let state = Arc::new(AppState {
             config: config.clone(),
             store: store.clone(),
             auth,
             catalog,
-            limiter: Arc::new(LocalRateLimiter::new()),
+            limiter,
             quotas: Arc::new(Quotas::new(store.clone())),
             upstream: UpstreamClient::new(),
             metrics,
             usage,
             control,
+            redis,
         });
 
         if let Some(key) = config
@@ -128,7 +162,6 @@ impl App {
         let public = bind(config.listen).await?;
         let ops = bind(config.ops_listen).await?;
 
-        let mut background: Vec<BoxFuture<'static, ()>> = Vec::new();
         let demo_keys = if config.demo {
             let (keys, server) = demo::start(&state).await?;
             background.push(server);
@@ -199,14 +232,21 @@ impl App {
             options,
             signal(),
         );
-        let usage = self.usage_writer.run(signal());
+        // The usage writer stops only after both listeners have drained, so
+        // the calls of draining requests are still counted.
+        let (usage_stop, usage_stopped) = tokio::sync::oneshot::channel::<()>();
+        let usage = tokio::spawn(self.usage_writer.run(async {
+            let _ = usage_stopped.await;
+        }));
         let background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutdown requested");
             let _ = tx.send(true);
         };
-        tokio::join!(public, ops, usage, trigger);
+        tokio::join!(public, ops, trigger);
+        let _ = usage_stop.send(());
+        let _ = usage.await;
         for task in background {
             task.abort();
         }

@@ -52,6 +52,13 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Redis for shared caches and rate limits; unset = in process.
     pub redis_url: Option<String>,
+    /// Namespace of every Redis key (several deployments may share a Redis).
+    pub redis_prefix: String,
+    /// Upper bound of one Redis call; past it the call counts as failed.
+    pub redis_timeout_ms: u64,
+    /// When the shared rate limiter is unreachable: refuse (503) instead of
+    /// the default of letting requests through.
+    pub rate_limit_fail_closed: bool,
     /// `file://…` (default: the data dir) or `s3://bucket/prefix`.
     pub blob_store: Option<String>,
     /// An admin key installed at start-up when not yet in the store.
@@ -102,6 +109,9 @@ impl Default for Config {
             data_dir: PathBuf::from("./warder-data"),
             database_url: None,
             redis_url: None,
+            redis_prefix: "warder".to_owned(),
+            redis_timeout_ms: 250,
+            rate_limit_fail_closed: false,
             blob_store: None,
             bootstrap_admin_key: None,
             fallback_upstream: None,
@@ -182,9 +192,20 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment
-            .merge(Env::prefixed("WARDER_").split("__"))
-            .merge(Serialized::defaults(flags));
+        // Only `WARDER_*` variables naming a configuration key are read: the
+        // CLI's own variables (`WARDER_URL`, `WARDER_KEY`, `WARDER_CONFIG`)
+        // and unrelated ones must not be taken for unknown keys.
+        let known: Vec<String> = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let env = Env::prefixed("WARDER_")
+            .filter(move |k| {
+                let top = k.as_str().split("__").next().unwrap_or("");
+                known.iter().any(|f| f.eq_ignore_ascii_case(top))
+            })
+            .split("__");
+        figment = figment.merge(env).merge(Serialized::defaults(flags));
         let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.validate()?;
         Ok(config)
@@ -271,6 +292,10 @@ mod tests {
             jail.set_env("WARDER_MAX_BODY_BYTES", "7");
             jail.set_env("WARDER_LISTEN", "127.0.0.1:2000");
             jail.set_env("WARDER_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8, ::1/128");
+            // Variables of the CLI and of the test scripts are not config keys.
+            jail.set_env("WARDER_URL", "http://127.0.0.1:1");
+            jail.set_env("WARDER_KEY", "wdr_x");
+            jail.set_env("WARDER_TEST_SKIP_POSTGRES", "1");
             let flags = FlagOverrides {
                 listen: Some("127.0.0.1:3000".parse().expect("addr")),
                 ..Default::default()

@@ -6,8 +6,7 @@
 //! path clears the matching in-process cache before it returns, so the next
 //! request on this node sees it. Nothing here knows about HTTP.
 
-use crate::auth::AuthService;
-use crate::catalog::Catalog;
+use crate::cluster::{Invalidation, Invalidator};
 use crate::config::Config;
 use std::sync::Arc;
 use warder_core::*;
@@ -90,8 +89,7 @@ pub struct VersionSpec {
 #[derive(Clone)]
 pub struct ControlPlane {
     store: Arc<dyn Store>,
-    auth: AuthService,
-    catalog: Arc<Catalog>,
+    caches: Invalidator,
     config: Arc<Config>,
 }
 
@@ -139,17 +137,12 @@ fn check_concurrency(c: Option<u32>) -> ControlResult<Option<u32>> {
 }
 
 impl ControlPlane {
-    /// A control plane over `store` that keeps `auth` and `catalog` true.
-    pub fn new(
-        store: Arc<dyn Store>,
-        auth: AuthService,
-        catalog: Arc<Catalog>,
-        config: Arc<Config>,
-    ) -> ControlPlane {
+    /// A control plane over `store` that keeps the caches behind `caches`
+    /// true on this node and (when clustered) on every other.
+    pub fn new(store: Arc<dyn Store>, caches: Invalidator, config: Arc<Config>) -> ControlPlane {
         ControlPlane {
             store,
-            auth,
-            catalog,
+            caches,
             config,
         }
     }
@@ -228,7 +221,7 @@ impl ControlPlane {
         };
         self.store.insert_key(record.clone()).await?;
         // A negative cache entry for this id may exist from a probe.
-        self.auth.invalidate(&record.id);
+        self.caches.changed(Invalidation::Key(record.id.clone())).await;
         Ok((record, key))
     }
 
@@ -243,7 +236,7 @@ impl ControlPlane {
         if !self.store.revoke_key(key_id, Timestamp::now()).await? {
             return Err(ControlError::not_found(format!("key '{key_id}' not found")));
         }
-        self.auth.invalidate(key_id);
+        self.caches.changed(Invalidation::Key(key_id.to_owned())).await;
         self.store
             .get_key(key_id)
             .await?
@@ -257,7 +250,8 @@ impl ControlPlane {
             return Ok(false);
         }
         let admin = self.ensure_user("admin", Role::Admin).await?;
-        self.store
+        let inserted = self
+            .store
             .insert_key(KeyRecord {
                 id: key.id().to_string(),
                 user_id: admin.id,
@@ -268,8 +262,15 @@ impl ControlPlane {
                 expires_at: None,
                 revoked_at: None,
             })
-            .await?;
-        self.auth.invalidate(key.id().as_str());
+            .await;
+        match inserted {
+            // Another node starting at the same time installed it first.
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            other => other?,
+        }
+        self.caches
+            .changed(Invalidation::Key(key.id().to_string()))
+            .await;
         Ok(true)
     }
 
@@ -299,7 +300,7 @@ impl ControlPlane {
             .store
             .create_model(NewModel { name, description })
             .await?;
-        self.catalog.invalidate_targets();
+        self.caches.changed(Invalidation::Targets).await;
         Ok(model)
     }
 
@@ -343,7 +344,7 @@ impl ControlPlane {
             created_at: Timestamp::now(),
         };
         self.store.insert_version(version.clone()).await?;
-        self.catalog.invalidate_targets();
+        self.caches.changed(Invalidation::Targets).await;
         Ok(version)
     }
 
@@ -380,7 +381,7 @@ impl ControlPlane {
             self.store.update_version(id, patch).await?.ok_or_else(|| {
                 ControlError::not_found(format!("model version '{id}' not found"))
             })?;
-        self.catalog.invalidate_targets();
+        self.caches.changed(Invalidation::Targets).await;
         Ok(updated)
     }
 
@@ -404,7 +405,7 @@ impl ControlPlane {
             .store
             .set_environment(&model.id, env, version_id)
             .await?;
-        self.catalog.invalidate_targets();
+        self.caches.changed(Invalidation::Targets).await;
         Ok(env)
     }
 
@@ -462,7 +463,7 @@ impl ControlPlane {
             .store
             .create_grant(&user.id, &model.id, policy_id)
             .await?;
-        self.catalog.invalidate_access();
+        self.caches.changed(Invalidation::Access).await;
         Ok(grant)
     }
 
@@ -484,7 +485,7 @@ impl ControlPlane {
         if !self.store.delete_grant(id).await? {
             return Err(ControlError::not_found(format!("grant '{id}' not found")));
         }
-        self.catalog.invalidate_access();
+        self.caches.changed(Invalidation::Access).await;
         Ok(())
     }
 

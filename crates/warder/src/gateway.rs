@@ -133,6 +133,10 @@ async fn run(
         }
     };
 
+    if !call.internal {
+        take_quota(state, principal, &target, &limits).await?;
+    }
+
     let started = Instant::now();
     let timeout = Duration::from_millis(target.version.timeout_ms);
     let traceparent = call.trace.outgoing_traceparent();
@@ -288,7 +292,7 @@ async fn authorize(
     }
 }
 
-/// Applies the rate limit and quotas; returns the rate decision for headers.
+/// Applies the rate limit; returns the decision for the `RateLimit-*` headers.
 async fn admit(
     state: &AppState,
     principal: &Principal,
@@ -299,26 +303,42 @@ async fn admit(
     let mut decision = None;
     if let Some(rate) = limits.rate_per_second {
         let key = format!("{}:{}", principal.key_id, model);
-        let d = state.limiter.check(&key, rate, limits.burst).await;
-        if !d.allowed {
-            state
-                .metrics
-                .rate_limited
-                .get_or_create(&ModelLabels {
-                    model: model.clone(),
-                })
-                .inc();
-            let mut err = ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
-                .with_retry_after(d.retry_after.as_secs_f64().ceil() as u64);
-            let mut headers = HeaderMap::new();
-            rate_limit_headers(&mut headers, &d);
-            for (name, value) in headers.iter() {
-                err = err.with_header(name.clone(), value.clone());
-            }
-            return Err(err);
+        match state.limiter.check(&key, rate, limits.burst).await {
+            Ok(d) if d.allowed => decision = Some(d),
+            Ok(d) => return Err(rate_limited(state, model, &d)),
+            Err(e) => limiter_unavailable(state, &e)?,
         }
-        decision = Some(d);
     }
+    Ok(decision)
+}
+
+fn rate_limited(state: &AppState, model: &str, d: &RateDecision) -> ApiError {
+    state
+        .metrics
+        .rate_limited
+        .get_or_create(&ModelLabels {
+            model: model.to_owned(),
+        })
+        .inc();
+    let mut err = ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
+        .with_retry_after(d.retry_after.as_secs_f64().ceil() as u64);
+    let mut headers = HeaderMap::new();
+    rate_limit_headers(&mut headers, d);
+    for (name, value) in headers.iter() {
+        err = err.with_header(name.clone(), value.clone());
+    }
+    err
+}
+
+/// Takes one call from the daily and monthly quotas, or refuses. Runs after
+/// every other check, so a refused or malformed request costs no quota.
+async fn take_quota(
+    state: &AppState,
+    principal: &Principal,
+    target: &Target,
+    limits: &Limits,
+) -> Result<(), ApiError> {
+    let model = &target.model.id;
     if limits.daily_calls.is_some() || limits.monthly_calls.is_some() {
         match state
             .quotas
@@ -341,7 +361,7 @@ async fn admit(
                     .inc();
                 let (what, retry) = match period {
                     QuotaPeriod::Day => ("daily", seconds_to_next_utc_day()),
-                    QuotaPeriod::Month => ("monthly", seconds_to_next_utc_day()),
+                    QuotaPeriod::Month => ("monthly", seconds_to_next_utc_month()),
                 };
                 return Err(ApiError::new(
                     ErrorCode::QuotaExceeded,
@@ -352,7 +372,49 @@ async fn admit(
             Err(QuotaRefusal::Store(e)) => return Err(e.into()),
         }
     }
-    Ok(decision)
+    Ok(())
+}
+
+/// The shared limiter could not be asked: fail open (default, counted) or
+/// closed (`rate_limit_fail_closed`).
+fn limiter_unavailable(
+    state: &AppState,
+    e: &warder_core::RateLimiterUnavailable,
+) -> Result<(), ApiError> {
+    use crate::telemetry::metrics::OutcomeLabels;
+    let closed = state.config.rate_limit_fail_closed;
+    state
+        .metrics
+        .rate_limit_unavailable
+        .get_or_create(&OutcomeLabels {
+            outcome: if closed { "refused" } else { "allowed" }.to_owned(),
+        })
+        .inc();
+    tracing::debug!(error = %e, fail_closed = closed, "rate limiter unavailable");
+    if closed {
+        Err(ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            "rate limiting is unavailable; try again shortly",
+        )
+        .with_retry_after(1))
+    } else {
+        Ok(())
+    }
+}
+
+fn seconds_to_next_utc_month() -> u64 {
+    use chrono::{Datelike, TimeZone};
+    let now = chrono::Utc::now();
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    chrono::Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|next| (next - now).num_seconds().max(1) as u64)
+        .unwrap_or(86_400)
 }
 
 fn seconds_to_next_utc_day() -> u64 {

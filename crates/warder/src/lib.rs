@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -13,7 +13,7 @@ use moka::sync::Cache;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use warder_core::{RateDecision, RateLimiter};
+use warder_core::{RateDecision, RateLimiter, RateLimiterUnavailable};
 
 type Limiter =
     governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -72,11 +72,16 @@ impl LocalRateLimiter {
 
 #[async_trait]
 impl RateLimiter for LocalRateLimiter {
-    async fn check(&self, key: &str, rate_per_second: f64, burst: u32) -> RateDecision {
+    async fn check(
+        &self,
+        key: &str,
+        rate_per_second: f64,
+        burst: u32,
+    ) -> Result<RateDecision, RateLimiterUnavailable> {
         let bucket = self.bucket(key, rate_per_second, burst);
         let burst = burst.max(1);
         let per_token = Duration::from_secs_f64(1.0 / rate_per_second.max(1e-6));
-        match bucket.limiter.check() {
+        Ok(match bucket.limiter.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 RateDecision {
@@ -97,7 +102,7 @@ impl RateLimiter for LocalRateLimiter {
                     retry_after: wait,
                 }
             }
-        }
+        })
     }
 }
 
@@ -111,7 +116,7 @@ mod tests {
         let mut allowed = 0;
         let mut last = None;
         for _ in 0..8 {
-            let d = limiter.check("k", 5.0, 5).await;
+            let d = limiter.check("k", 5.0, 5).await.expect("local");
             if d.allowed {
                 allowed += 1;
             } else {
@@ -123,7 +128,7 @@ mod tests {
         assert!(refused.retry_after > Duration::ZERO);
         assert!(refused.retry_after <= Duration::from_millis(200));
         assert!(
-            limiter.check("other", 5.0, 5).await.allowed,
+            limiter.check("other", 5.0, 5).await.expect("local").allowed,
             "keys are independent"
         );
     }
@@ -131,8 +136,8 @@ mod tests {
     #[tokio::test]
     async fn a_policy_change_takes_effect() {
         let limiter = LocalRateLimiter::new();
-        assert!(limiter.check("k", 1.0, 1).await.allowed);
-        assert!(!limiter.check("k", 1.0, 1).await.allowed);
-        assert!(limiter.check("k", 100.0, 10).await.allowed);
+        assert!(limiter.check("k", 1.0, 1).await.expect("local").allowed);
+        assert!(!limiter.check("k", 1.0, 1).await.expect("local").allowed);
+        assert!(limiter.check("k", 100.0, 10).await.expect("local").allowed);
     }
 }

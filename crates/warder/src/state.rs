@@ -1,6 +1,7 @@
 //! The shared state of a running gateway, handed to every handler.
 
 use crate::auth::AuthService;
+use crate::cluster::RedisLink;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::control::ControlPlane;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub usage: UsageRecorder,
     /// Control-plane operations (admin API, demo, bootstrap).
     pub control: ControlPlane,
+    /// The shared Redis, in cluster mode.
+    pub redis: Option<RedisLink>,
 }
 
 /// The state as handlers receive it.

@@ -6,6 +6,7 @@
 //! through this node drop the entry at once; entries also expire after
 //! `auth_cache_ttl_s`. This module knows nothing about HTTP.
 
+use crate::cluster::authcache::AuthL2;
 use crate::telemetry::metrics::{CacheLabels, Metrics};
 use moka::sync::Cache;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ enum Cached {
 pub struct AuthService {
     store: Arc<dyn Store>,
     cache: Cache<KeyId, Arc<Cached>>,
+    l2: Option<AuthL2>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,8 +74,49 @@ impl AuthService {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            l2: None,
             metrics,
         }
+    }
+
+    /// Adds the shared L2 cache (cluster mode).
+    pub fn with_l2(mut self, l2: AuthL2) -> AuthService {
+        self.l2 = Some(l2);
+        self
+    }
+
+    /// The L2 cache, if clustered.
+    pub fn l2(&self) -> Option<&AuthL2> {
+        self.l2.as_ref()
+    }
+
+    /// L2 (when clustered), then the store; a record read from the store is
+    /// written to L2. Redis trouble falls back to the store.
+    async fn load(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        if let Some(l2) = &self.l2 {
+            match l2.get(id.as_str()).await {
+                Ok(Some(record)) => {
+                    self.count_l2("hit");
+                    return Ok(Some(record));
+                }
+                Ok(None) => self.count_l2("miss"),
+                Err(_) => self.count_l2("error"),
+            }
+        }
+        let record = self.store.get_key(id.as_str()).await?;
+        if let (Some(l2), Some(r)) = (&self.l2, &record) {
+            let _ = l2.put(r).await;
+        }
+        Ok(record)
+    }
+
+    fn count_l2(&self, result: &str) {
+        self.metrics
+            .auth_l2
+            .get_or_create(&CacheLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Parses an `Authorization` header value: `Api-Key <key>` or `Bearer <key>`.
@@ -95,7 +138,7 @@ impl AuthService {
             }
             None => {
                 self.count("miss");
-                let found = match self.store.get_key(key.id().as_str()).await? {
+                let found = match self.load(key.id()).await? {
                     Some(record) => {
                         let principal = Arc::new(principal_of(&record));
                         Cached::Known(record, principal)

@@ -6,6 +6,7 @@
 
 use crate::gateway::copy_end_to_end_headers;
 use crate::http::error::ApiError;
+use crate::http::middleware::Proxied;
 use crate::state::SharedState;
 use crate::upstream::UpstreamErrorKind;
 use axum::body::Body;
@@ -76,6 +77,7 @@ pub async fn fallback(State(state): State<SharedState>, req: Request) -> Respons
             let mut r = Response::new(Body::new(incoming));
             *r.status_mut() = parts.status;
             copy_end_to_end_headers(&parts.headers, r.headers_mut());
+            r.extensions_mut().insert(Proxied);
             r
         }
         Err(e) => {

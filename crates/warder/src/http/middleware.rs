@@ -50,6 +50,14 @@ pub async fn request_context(
     state.metrics.in_flight.dec();
 
     let request_id = trace.request_id.to_hex();
+    if response.status().as_u16() >= 400
+        && response.extensions().get::<ApiError>().is_none()
+        && response.extensions().get::<Proxied>().is_none()
+    {
+        // A refusal produced by an axum extractor (bad path or query
+        // encoding, …): give it the documented shape too.
+        response = reshape_rejection(response).await;
+    }
     if let Some(err) = response.extensions_mut().remove::<ApiError>() {
         let body = err.body(Some(&trace.request_id));
         *response.body_mut() = Body::from(body.to_string());
@@ -104,6 +112,39 @@ pub async fn request_context(
         "request"
     );
     response
+}
+
+/// Marks a response passed through from an upstream (its errors are its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Proxied;
+
+async fn reshape_rejection(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match parts.status.as_u16() {
+        400 => ErrorCode::BadRequest,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 => ErrorCode::PayloadTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        422 => ErrorCode::InvalidInput,
+        _ => ErrorCode::Internal,
+    };
+    let message = if text.is_empty() {
+        parts.status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut err = ApiError::new(code, message).with_status(parts.status).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+            err.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    err
 }
 
 /// Authenticates the caller's key and puts its [`Principal`] in the request.

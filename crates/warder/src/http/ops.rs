@@ -38,11 +38,19 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(s): State<SharedState>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await;
     let store_ok = matches!(store, Ok(Ok(())));
+    let redis_ok = match &s.redis {
+        Some(link) => Some(link.ping().await),
+        None => None,
+    };
+    let ready = store_ok && redis_ok != Some(false);
     let body = json!({
-        "status": if store_ok { "ready" } else { "not ready" },
-        "checks": { "store": { "backend": s.store.backend(), "ok": store_ok } },
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {
+            "store": { "backend": s.store.backend(), "ok": store_ok },
+            "redis": redis_ok.map(|ok| json!({ "ok": ok })),
+        },
     });
-    let status = if store_ok {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -55,6 +55,27 @@ pub struct CacheLabels {
     pub result: String,
 }
 
+/// Labels naming an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// What was attempted.
+    pub op: String,
+}
+
+/// Labels naming an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: String,
+}
+
+/// Labels naming a kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Which kind.
+    pub kind: String,
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -93,6 +114,19 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// `warder_store_reads_total`, copied from the store at scrape time.
     pub store_reads: Counter,
+    /// `warder_redis_up`: 1 while Redis answers (cluster mode).
+    pub redis_up: Gauge,
+    /// `warder_redis_errors_total{op}`.
+    pub redis_errors: Family<OpLabels, Counter>,
+    /// `warder_auth_l2_total{result}`: shared auth cache hit, miss or error.
+    pub auth_l2: Family<CacheLabels, Counter>,
+    /// `warder_rate_limit_unavailable_total{outcome}`: checks made while the
+    /// shared limiter was down, allowed (fail open) or refused (fail closed).
+    pub rate_limit_unavailable: Family<OutcomeLabels, Counter>,
+    /// `warder_invalidations_received_total{kind}`.
+    pub invalidations: Family<KindLabels, Counter>,
+    /// `warder_invalidation_bus_reconnects_total`.
+    pub bus_reconnects: Counter,
 }
 
 impl Default for Metrics {
@@ -121,6 +155,38 @@ impl Metrics {
         let auth_cache = Family::<CacheLabels, Counter>::default();
         let in_flight = Gauge::default();
         let store_reads = Counter::default();
+        let redis_up = Gauge::default();
+        let redis_errors = Family::<OpLabels, Counter>::default();
+        let auth_l2 = Family::<CacheLabels, Counter>::default();
+        let rate_limit_unavailable = Family::<OutcomeLabels, Counter>::default();
+        let invalidations = Family::<KindLabels, Counter>::default();
+        let bus_reconnects = Counter::default();
+        registry.register("warder_redis_up", "1 while Redis answers", redis_up.clone());
+        registry.register(
+            "warder_redis_errors",
+            "Redis operations that failed or timed out",
+            redis_errors.clone(),
+        );
+        registry.register(
+            "warder_auth_l2",
+            "Lookups in the shared (Redis) auth cache",
+            auth_l2.clone(),
+        );
+        registry.register(
+            "warder_rate_limit_unavailable",
+            "Rate-limit checks made while the shared limiter was unreachable",
+            rate_limit_unavailable.clone(),
+        );
+        registry.register(
+            "warder_invalidations_received",
+            "Cache invalidations received from the bus",
+            invalidations.clone(),
+        );
+        registry.register(
+            "warder_invalidation_bus_reconnects",
+            "Reconnections of the invalidation bus consumer",
+            bus_reconnects.clone(),
+        );
         registry.register(
             "warder_http_requests",
             "HTTP requests answered on the public listener",
@@ -183,7 +249,29 @@ impl Metrics {
             auth_cache,
             in_flight,
             store_reads,
+            redis_up,
+            redis_errors,
+            auth_l2,
+            rate_limit_unavailable,
+            invalidations,
+            bus_reconnects,
         }
+    }
+
+    /// Counts a failed Redis operation.
+    pub fn redis_error(&self, op: &str) {
+        self.redis_errors
+            .get_or_create(&OpLabels { op: op.to_owned() })
+            .inc();
+    }
+
+    /// Counts a received invalidation.
+    pub fn invalidation_received(&self, kind: &str) {
+        self.invalidations
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts an upstream failure.

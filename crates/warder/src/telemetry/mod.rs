@@ -10,7 +10,10 @@ use std::io::IsTerminal;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 /// Keeps the background log writer alive; drop it last (it flushes).
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct LogGuard(
+    #[expect(dead_code, reason = "held only for its Drop, which flushes the log writer")]
+    tracing_appender::non_blocking::WorkerGuard,
+);
 
 /// Installs the global log subscriber. Lines are written by a background
 /// thread so that a slow stdout never stalls a request.
