@@ -5,8 +5,10 @@
 mod admin;
 mod auth;
 mod binary;
+mod cluster;
 mod helpers;
 mod lifecycle;
 mod observability;
+mod outage;
 mod predict;
 mod ratelimit;

@@ -72,6 +72,17 @@ async fn bad_predict_input_is_refused_in_the_error_shape(b: Backend) {
         .expect("sent");
     let (s, body, _) = json_of(resp).await;
     assert_error(s, &body, 405, "METHOD_NOT_ALLOWED");
+    // A path that is not valid UTF-8 is refused by the router, in the same shape.
+    let resp = app
+        .client
+        .post(format!("{}/models/%FF/predict", app.url))
+        .header("Authorization", format!("Api-Key {}", c.key))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_error(s, &body, 400, "BAD_REQUEST");
     assert_eq!(
         up.log.calls.load(std::sync::atomic::Ordering::SeqCst),
         1,
