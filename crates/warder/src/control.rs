@@ -221,7 +221,9 @@ impl ControlPlane {
         };
         self.store.insert_key(record.clone()).await?;
         // A negative cache entry for this id may exist from a probe.
-        self.caches.changed(Invalidation::Key(record.id.clone())).await;
+        self.caches
+            .changed(Invalidation::Key(record.id.clone()))
+            .await;
         Ok((record, key))
     }
 
@@ -236,7 +238,9 @@ impl ControlPlane {
         if !self.store.revoke_key(key_id, Timestamp::now()).await? {
             return Err(ControlError::not_found(format!("key '{key_id}' not found")));
         }
-        self.caches.changed(Invalidation::Key(key_id.to_owned())).await;
+        self.caches
+            .changed(Invalidation::Key(key_id.to_owned()))
+            .await;
         self.store
             .get_key(key_id)
             .await?

@@ -1,8 +1,8 @@
 //! The shared state of a running gateway, handed to every handler.
 
 use crate::auth::AuthService;
-use crate::cluster::RedisLink;
 use crate::catalog::Catalog;
+use crate::cluster::RedisLink;
 use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::telemetry::metrics::Metrics;

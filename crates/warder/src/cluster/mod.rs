@@ -48,7 +48,9 @@ impl Invalidation {
         match s {
             "access" => Some(Invalidation::Access),
             "targets" => Some(Invalidation::Targets),
-            _ => s.strip_prefix("key:").map(|id| Invalidation::Key(id.to_owned())),
+            _ => s
+                .strip_prefix("key:")
+                .map(|id| Invalidation::Key(id.to_owned())),
         }
     }
 
@@ -180,7 +182,9 @@ impl RedisLink {
     pub async fn run<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        cmd: impl FnOnce(ConnectionManager) -> futures::future::BoxFuture<'static, redis::RedisResult<T>>,
+        cmd: impl FnOnce(
+            ConnectionManager,
+        ) -> futures::future::BoxFuture<'static, redis::RedisResult<T>>,
     ) -> Result<T, RedisDown> {
         if !self.is_up() {
             return Err(RedisDown("marked down".into()));
@@ -202,7 +206,11 @@ impl RedisLink {
         self.metrics.redis_error(op);
         if self.up.swap(false, Ordering::Relaxed) {
             self.metrics.redis_up.set(0);
-            tracing::warn!(op, error, "redis unreachable; falling back until it answers");
+            tracing::warn!(
+                op,
+                error,
+                "redis unreachable; falling back until it answers"
+            );
         }
     }
 
@@ -243,7 +251,11 @@ impl RedisLink {
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn.clone();
         matches!(
-            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            tokio::time::timeout(
+                self.timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
             Ok(Ok(_))
         )
     }

@@ -134,11 +134,17 @@ async fn reshape_rejection(response: Response) -> Response {
         _ => ErrorCode::Internal,
     };
     let message = if text.is_empty() {
-        parts.status.canonical_reason().unwrap_or("error").to_owned()
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_owned()
     } else {
         text
     };
-    let mut err = ApiError::new(code, message).with_status(parts.status).into_response();
+    let mut err = ApiError::new(code, message)
+        .with_status(parts.status)
+        .into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
             err.headers_mut().insert(name.clone(), value.clone());

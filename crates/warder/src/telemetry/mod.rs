@@ -11,7 +11,10 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 /// Keeps the background log writer alive; drop it last (it flushes).
 pub struct LogGuard(
-    #[expect(dead_code, reason = "held only for its Drop, which flushes the log writer")]
+    #[expect(
+        dead_code,
+        reason = "held only for its Drop, which flushes the log writer"
+    )]
     tracing_appender::non_blocking::WorkerGuard,
 );
 

@@ -115,8 +115,21 @@ impl Cluster {
     }
 
     /// A model at `upstream`, a user with a key and a grant under a policy.
-    async fn setup(&self, node: &Node, model: &str, upstream: &str, rate: f64, burst: u32) -> (String, String) {
-        self.admin(node, reqwest::Method::POST, "/admin/models", json!({"name": model})).await;
+    async fn setup(
+        &self,
+        node: &Node,
+        model: &str,
+        upstream: &str,
+        rate: f64,
+        burst: u32,
+    ) -> (String, String) {
+        self.admin(
+            node,
+            reqwest::Method::POST,
+            "/admin/models",
+            json!({"name": model}),
+        )
+        .await;
         self.admin(
             node,
             reqwest::Method::POST,
@@ -133,7 +146,12 @@ impl Cluster {
             )
             .await;
         let user = self
-            .admin(node, reqwest::Method::POST, "/admin/users", json!({"name": format!("u-{model}")}))
+            .admin(
+                node,
+                reqwest::Method::POST,
+                "/admin/users",
+                json!({"name": format!("u-{model}")}),
+            )
             .await;
         let uid = user["id"].as_str().expect("id");
         let key = self
@@ -177,7 +195,9 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocation_through_a_is_refused_by_b_within_a_second() {
-    let Some(c) = Cluster::new().await else { return };
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
     let up = fake_upstream().await;
     let a = c.node(&redis_url(), &[]).await;
     let b = c.node(&redis_url(), &[]).await;
@@ -186,7 +206,13 @@ async fn revocation_through_a_is_refused_by_b_within_a_second() {
         assert_eq!(c.predict(node, &key, "rev").await.0, 200, "warm");
     }
     let started = Instant::now();
-    c.admin(&a, reqwest::Method::DELETE, &format!("/admin/keys/{key_id}"), json!({})).await;
+    c.admin(
+        &a,
+        reqwest::Method::DELETE,
+        &format!("/admin/keys/{key_id}"),
+        json!({}),
+    )
+    .await;
     loop {
         let (s, body) = c.predict(&b, &key, "rev").await;
         if s == 401 {
@@ -194,16 +220,24 @@ async fn revocation_through_a_is_refused_by_b_within_a_second() {
             break;
         }
         assert_eq!(s, 200);
-        assert!(started.elapsed() < Duration::from_secs(3), "still accepted on B");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still accepted on B"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();
-    assert!(took <= Duration::from_secs(1), "B refused the revoked key after {took:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "B refused the revoked key after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promotion_through_a_is_served_by_b_within_a_second() {
-    let Some(c) = Cluster::new().await else { return };
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
     let up = fake_upstream().await;
     let a = c.node(&redis_url(), &[]).await;
     let b = c.node(&redis_url(), &[]).await;
@@ -234,16 +268,24 @@ async fn promotion_through_a_is_served_by_b_within_a_second() {
         if body["model_version_id"] == v2.as_str() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "B still serves the old version");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "B still serves the old version"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();
-    assert!(took <= Duration::from_secs(1), "B served the promoted version after {took:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "B served the promoted version after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rate_limit_holds_across_both_nodes() {
-    let Some(c) = Cluster::new().await else { return };
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
     let up = fake_upstream().await;
     let a = c.node(&redis_url(), &[]).await;
     let b = c.node(&redis_url(), &[]).await;
@@ -296,7 +338,10 @@ async fn a_rate_limit_holds_across_both_nodes() {
         limited += l;
     }
     // burst 10 + 10/s × 3 s = 40, whichever node the requests hit.
-    assert!((36..=44).contains(&ok), "accepted {ok} (refused {limited}), expected 40 ± 10 %");
+    assert!(
+        (36..=44).contains(&ok),
+        "accepted {ok} (refused {limited}), expected 40 ± 10 %"
+    );
     assert!(limited > 0);
 }
 
@@ -309,7 +354,16 @@ struct OwnedRedis {
 impl OwnedRedis {
     fn start(port: u16) -> OwnedRedis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -319,7 +373,10 @@ impl OwnedRedis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        OwnedRedis { port, child: Some(child) }
+        OwnedRedis {
+            port,
+            child: Some(child),
+        }
     }
 
     fn stop(&mut self) {
@@ -355,7 +412,9 @@ async fn metric(c: &Cluster, node: &Node, sample: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_degrades_to_documented_answers_and_recovers() {
-    let Some(c) = Cluster::new().await else { return };
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
     let up = fake_upstream().await;
     let mut redis = OwnedRedis::start(free_port());
     let a = c.node(&redis.url(), &[]).await;
@@ -375,7 +434,10 @@ async fn a_redis_outage_degrades_to_documented_answers_and_recovers() {
         // A fails open: the limit cannot be checked, requests pass (counted).
         let t = Instant::now();
         let (s, body) = c.predict(&a, &key, "out").await;
-        assert!(t.elapsed() < Duration::from_secs(2), "no hang during the outage");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "no hang during the outage"
+        );
         match s.as_u16() {
             200 => seen_fail_open = true,
             429 => {}
@@ -393,10 +455,31 @@ async fn a_redis_outage_degrades_to_documented_answers_and_recovers() {
     // Authentication falls back to the store for a key no node has cached.
     let (s, body) = c.predict(&a, &fresh_key, "out2").await;
     assert_eq!(s, 200, "{body}");
-    assert!(metric(&c, &a, "warder_rate_limit_unavailable_total{outcome=\"allowed\"}").await > 0.0);
-    assert!(metric(&c, &b, "warder_rate_limit_unavailable_total{outcome=\"refused\"}").await > 0.0);
+    assert!(
+        metric(
+            &c,
+            &a,
+            "warder_rate_limit_unavailable_total{outcome=\"allowed\"}"
+        )
+        .await
+            > 0.0
+    );
+    assert!(
+        metric(
+            &c,
+            &b,
+            "warder_rate_limit_unavailable_total{outcome=\"refused\"}"
+        )
+        .await
+            > 0.0
+    );
     assert_eq!(metric(&c, &a, "warder_redis_up").await, 0.0);
-    let ready = c.client.get(format!("{}/readyz", a.ops)).send().await.expect("readyz");
+    let ready = c
+        .client
+        .get(format!("{}/readyz", a.ops))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503, "readyz reports the outage");
 
     let restarted = Instant::now();
@@ -409,9 +492,15 @@ async fn a_redis_outage_degrades_to_documented_answers_and_recovers() {
         if sa2 == 429 && sb.as_u16() != 503 && sa.as_u16() != 503 {
             break;
         }
-        assert!(restarted.elapsed() < Duration::from_secs(5), "not recovered");
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "not recovered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = restarted.elapsed();
-    assert!(took <= Duration::from_secs(2), "recovered {took:?} after Redis restarted");
+    assert!(
+        took <= Duration::from_secs(2),
+        "recovered {took:?} after Redis restarted"
+    );
 }

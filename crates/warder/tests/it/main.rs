@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod binary;
+mod cli;
 mod cluster;
 mod helpers;
 mod lifecycle;

@@ -25,7 +25,9 @@ impl Cuttable {
             // Connections are owned by the accept task: cutting it drops them all.
             let _keep = c2.clone();
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let Ok(mut outbound) = TcpStream::connect(target).await else { continue };
+                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
                 c2.lock().await.spawn(async move {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 });
@@ -45,7 +47,9 @@ impl Cuttable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_keeps_cached_callers_working() {
-    let Some(Backend::Postgres(base)) = Backend::postgres() else { return };
+    let Some(Backend::Postgres(base)) = Backend::postgres() else {
+        return;
+    };
     let db = PgDatabase::create(&base).await;
     let url = url::Url::parse(&db.url).expect("url");
     let pg: SocketAddr = format!(
@@ -57,14 +61,21 @@ async fn postgres_outage_keeps_cached_callers_working() {
     .expect("pg addr");
     let mut proxy = Cuttable::to(pg).await;
     let mut through_proxy = url.clone();
-    through_proxy.set_port(Some(proxy.addr.port())).expect("port");
+    through_proxy
+        .set_port(Some(proxy.addr.port()))
+        .expect("port");
     let via = through_proxy.to_string();
     let app = spawn_app_with(Backend::Sqlite, |c| c.database_url = Some(via)).await;
     let up = fake_upstream().await;
     app.register("m", &up.url("/echo"), json!({})).await;
     let warm = app.caller("warm", &["m"], None).await;
     let cold = app.caller("cold", &["m"], None).await;
-    assert_eq!(app.predict(&warm.key, "/models/m/predict", json!({})).await.status(), 200);
+    assert_eq!(
+        app.predict(&warm.key, "/models/m/predict", json!({}))
+            .await
+            .status(),
+        200
+    );
 
     proxy.cut();
 
@@ -73,10 +84,14 @@ async fn postgres_outage_keeps_cached_callers_working() {
         assert_eq!(resp.status(), 200, "a cached caller keeps working");
     }
     let started = Instant::now();
-    let (s, body, headers) = json_of(app.predict(&cold.key, "/models/m/predict", json!({})).await).await;
+    let (s, body, headers) =
+        json_of(app.predict(&cold.key, "/models/m/predict", json!({})).await).await;
     assert_error(s, &body, 503, "SERVICE_UNAVAILABLE");
     assert!(headers.contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_secs(8), "bounded by the pool's acquire timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "bounded by the pool's acquire timeout"
+    );
     let ready = app
         .client
         .get(format!("http://{}/readyz", app.ops_addr))
