@@ -110,6 +110,20 @@ impl ApiKey {
         ours.as_slice().ct_eq(stored.as_slice()).into()
     }
 
+    /// Compares this key's secret with a stored digest (the decoded hash) in
+    /// constant time; the cheap form for callers that decoded the hash once.
+    pub fn matches_digest(&self, stored: &[u8; 32]) -> bool {
+        let ours = Sha256::digest(self.secret.as_bytes());
+        ours.as_slice().ct_eq(stored.as_slice()).into()
+    }
+
+    /// Decodes a stored hex hash into a digest for [`ApiKey::matches_digest`].
+    pub fn decode_hash(stored_hex: &str) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(stored_hex, &mut out).ok()?;
+        Some(out)
+    }
+
     /// The clear key, for the single place it is shown: key creation.
     pub fn expose(&self) -> String {
         format!("{KEY_PREFIX}{}_{}", self.id, self.secret)

@@ -8,6 +8,7 @@
 //! version's in-flight count.
 
 use crate::config::Config;
+use crate::telemetry::metrics::Label;
 use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -44,6 +45,10 @@ pub enum Selector {
 pub struct Target {
     /// The model.
     pub model: Model,
+    /// The model id as a shared label (metrics, cache keys) — no per-request copy.
+    pub model_label: Label,
+    /// The version's upstream URL, parsed once.
+    pub upstream_uri: http::Uri,
     /// The version to call.
     pub version: ModelVersion,
     /// Slots of the version's concurrency cap, when it has one.
@@ -106,7 +111,7 @@ type TargetResult = Result<Arc<Target>, Arc<str>>;
 pub struct Catalog {
     store: Arc<dyn Store>,
     targets: Cache<Selector, TargetResult>,
-    access: Cache<(Arc<str>, String), Arc<Access>>,
+    access: Cache<(Arc<str>, Arc<str>), Arc<Access>>,
     slots: RwLock<HashMap<String, (u32, Arc<Semaphore>)>>,
     default_limits: Limits,
 }
@@ -186,8 +191,16 @@ impl Catalog {
             }
         };
         let slots = self.slots_for(&version);
+        let upstream_uri = version.upstream_url.parse::<http::Uri>().map_err(|_| {
+            ResolveError::NotFound(format!(
+                "model version '{}' has an unusable upstream_url",
+                version.id
+            ))
+        })?;
         Ok(Target {
+            model_label: Label::new(&model.id),
             model,
+            upstream_uri,
             version,
             slots,
         })
@@ -234,9 +247,10 @@ impl Catalog {
     pub async fn access(
         &self,
         user_id: &Arc<str>,
-        model_id: &str,
+        model_id: &Label,
     ) -> Result<Arc<Access>, StoreError> {
-        let key = (user_id.clone(), model_id.to_owned());
+        let key = (user_id.clone(), model_id.0.clone());
+        let model_id = &*model_id.0;
         if let Some(a) = self.access.get(&key) {
             return Ok(a);
         }

@@ -8,7 +8,7 @@ use crate::auth::Principal;
 use crate::catalog::{Access, Limits, ResolveError, Selector, Target};
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::telemetry::metrics::ModelLabels;
+use crate::telemetry::metrics::{Label, ModelLabels};
 use crate::telemetry::trace::TraceContext;
 use crate::upstream::UpstreamErrorKind;
 use crate::usage::{QuotaPeriod, QuotaRefusal};
@@ -26,7 +26,7 @@ use warder_core::{ErrorCode, RateDecision, ResponseMode, VersionState};
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
     /// Model id, once resolved.
-    pub model_id: Option<String>,
+    pub model_id: Option<Label>,
     /// Version id, once resolved.
     pub version_id: Option<String>,
     /// Time to the upstream's response headers.
@@ -80,7 +80,7 @@ async fn run(
             ResolveError::NotFound(m) => ApiError::new(ErrorCode::ModelNotFound, m),
             ResolveError::Store(e) => e.into(),
         })?;
-    facts.model_id = Some(target.model.id.clone());
+    facts.model_id = Some(target.model_label.clone());
     facts.version_id = Some(target.version.id.clone());
 
     let limits = authorize(state, principal, &target).await?;
@@ -141,9 +141,9 @@ async fn run(
     let timeout = Duration::from_millis(target.version.timeout_ms);
     let traceparent = call.trace.outgoing_traceparent();
     let request_id = call.trace.request_id.to_hex();
-    let url = target.version.upstream_url.as_str();
+    let url = &target.upstream_uri;
     let model_labels = ModelLabels {
-        model: target.model.id.clone(),
+        model: target.model_label.clone(),
     };
     state
         .usage
@@ -281,7 +281,7 @@ async fn authorize(
     }
     match &*state
         .catalog
-        .access(&principal.user_id, &target.model.id)
+        .access(&principal.user_id, &target.model_label)
         .await?
     {
         Access::Granted(limits) => Ok(limits.clone()),
@@ -317,7 +317,7 @@ fn rate_limited(state: &AppState, model: &str, d: &RateDecision) -> ApiError {
         .metrics
         .rate_limited
         .get_or_create(&ModelLabels {
-            model: model.to_owned(),
+            model: Label::new(model),
         })
         .inc();
     let mut err = ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
@@ -356,7 +356,7 @@ async fn take_quota(
                     .metrics
                     .quota_exceeded
                     .get_or_create(&ModelLabels {
-                        model: model.clone(),
+                        model: target.model_label.clone(),
                     })
                     .inc();
                 let (what, retry) = match period {
@@ -460,14 +460,14 @@ pub fn is_json_content_type(ct: &str) -> bool {
 }
 
 fn build_upstream_request(
-    url: &str,
+    url: &http::Uri,
     traceparent: &str,
     request_id: &str,
     body: Bytes,
 ) -> Request<Body> {
     let mut request = Request::new(Body::from(body));
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = url.parse().unwrap_or_default();
+    *request.uri_mut() = url.clone();
     let h = request.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

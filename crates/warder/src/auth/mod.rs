@@ -51,8 +51,9 @@ pub enum AuthError {
 
 /// What the cache holds for a public id.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "always held behind an Arc")]
 enum Cached {
-    Known(KeyRecord, Arc<Principal>),
+    Known(KeyRecord, Arc<Principal>, Option<[u8; 32]>),
     Unknown,
 }
 
@@ -141,7 +142,8 @@ impl AuthService {
                 let found = match self.load(key.id()).await? {
                     Some(record) => {
                         let principal = Arc::new(principal_of(&record));
-                        Cached::Known(record, principal)
+                        let digest = ApiKey::decode_hash(&record.secret_hash);
+                        Cached::Known(record, principal, digest)
                     }
                     None => Cached::Unknown,
                 };
@@ -150,11 +152,11 @@ impl AuthService {
                 found
             }
         };
-        let Cached::Known(record, principal) = &*cached else {
+        let Cached::Known(record, principal, digest) = &*cached else {
             return Err(AuthError::Invalid);
         };
         // The secret is checked before anything about the key is revealed.
-        if !key.matches_hash(&record.secret_hash) {
+        if !digest.as_ref().is_some_and(|d| key.matches_digest(d)) {
             return Err(AuthError::Invalid);
         }
         if record.revoked_at.is_some() {

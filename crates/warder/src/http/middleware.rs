@@ -40,10 +40,12 @@ pub async fn request_context(
             .and_then(|v| v.to_str().ok()),
     );
     req.extensions_mut().insert(trace);
-    let route: Arc<str> = match req.extensions().get::<MatchedPath>() {
-        Some(m) => Arc::from(m.as_str()),
-        None => Arc::from("fallback"),
-    };
+    let route = state.metrics.route_label(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str())
+            .unwrap_or("fallback"),
+    );
     let method = req.method().clone();
     state.metrics.in_flight.inc();
     let mut response = next.run(req).await;
@@ -73,7 +75,7 @@ pub async fn request_context(
 
     let elapsed = start.elapsed();
     let facts = response.extensions().get::<RequestFacts>();
-    let model = facts.and_then(|f| f.model_id.as_deref()).unwrap_or("");
+    let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
     let version = facts.and_then(|f| f.version_id.as_deref()).unwrap_or("");
     let upstream = facts.and_then(|f| f.upstream);
     let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
@@ -81,14 +83,14 @@ pub async fn request_context(
     let m = &state.metrics;
     m.requests
         .get_or_create(&RequestLabels {
-            route: route.to_string(),
-            model: model.to_owned(),
+            route: route.clone(),
+            model: model.clone(),
             status,
         })
         .inc();
     let route_labels = RouteLabels {
-        route: route.to_string(),
-        model: model.to_owned(),
+        route: route.clone(),
+        model: model.clone(),
     };
     m.request_duration
         .get_or_create(&route_labels)
@@ -102,10 +104,10 @@ pub async fn request_context(
         target: "warder::access",
         request_id = %request_id,
         method = %method,
-        route = %route,
+        route = &*route.0,
         status,
         key_id = key_id.as_deref().unwrap_or(""),
-        model,
+        model = &*model.0,
         version,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),

@@ -4,21 +4,42 @@
 //! several gateways in one process — as in the integration tests — never mix
 //! their numbers. Names start with `warder_`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+/// A label value shared by reference, so recording a request allocates no
+/// strings (route templates are interned, model ids come with the target).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
+pub struct Label(pub Arc<str>);
+
+impl Label {
+    /// A label from text (allocates; for cold paths).
+    pub fn new(s: &str) -> Label {
+        Label(Arc::from(s))
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
 
 /// Labels of a finished HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Matched route template (`/models/{model}/predict`), or `fallback`.
-    pub route: String,
+    pub route: Label,
     /// Model id, or empty when the route has none.
-    pub model: String,
+    pub model: Label,
     /// HTTP status answered.
     pub status: u16,
 }
@@ -27,16 +48,16 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Matched route template.
-    pub route: String,
+    pub route: Label,
     /// Model id, or empty.
-    pub model: String,
+    pub model: Label,
 }
 
 /// Labels naming a model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     /// Model id.
-    pub model: String,
+    pub model: Label,
 }
 
 /// Labels of an upstream failure.
@@ -94,6 +115,7 @@ fn overhead_buckets() -> impl Iterator<Item = f64> {
 /// The gateway's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
+    routes: RwLock<HashMap<Box<str>, Label>>,
     /// `warder_http_requests_total{route,model,status}`.
     pub requests: Family<RequestLabels, Counter>,
     /// `warder_http_request_duration_seconds{route,model}`.
@@ -239,6 +261,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            routes: RwLock::new(HashMap::new()),
             requests,
             request_duration,
             overhead,
@@ -256,6 +279,18 @@ impl Metrics {
             invalidations,
             bus_reconnects,
         }
+    }
+
+    /// The interned label of a route template.
+    pub fn route_label(&self, route: &str) -> Label {
+        if let Some(l) = self.routes.read().ok().and_then(|m| m.get(route).cloned()) {
+            return l;
+        }
+        let label = Label::new(route);
+        if let Ok(mut m) = self.routes.write() {
+            m.entry(route.into()).or_insert_with(|| label.clone());
+        }
+        label
     }
 
     /// Counts a failed Redis operation.
