@@ -51,6 +51,8 @@ pub struct Target {
     pub upstream_uri: http::Uri,
     /// The version to call.
     pub version: ModelVersion,
+    /// The compiled `input_schema`, when the version has one.
+    pub validator: Option<Arc<jsonschema::Validator>>,
     /// Slots of the version's concurrency cap, when it has one.
     pub slots: Option<Arc<Semaphore>>,
 }
@@ -197,7 +199,19 @@ impl Catalog {
                 version.id
             ))
         })?;
+        let validator = match &version.input_schema {
+            None => None,
+            Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+                |e| {
+                    ResolveError::NotFound(format!(
+                        "model version '{}' has an unusable input_schema: {e}",
+                        version.id
+                    ))
+                },
+            )?)),
+        };
         Ok(Target {
+            validator,
             model_label: Label::new(&model.id),
             model,
             upstream_uri,

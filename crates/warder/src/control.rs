@@ -129,6 +129,15 @@ fn check_timeout(t: u64) -> ControlResult<u64> {
     }
 }
 
+fn check_schema(schema: Option<&serde_json::Value>) -> ControlResult<()> {
+    match schema {
+        Some(s) => jsonschema::validator_for(s).map(|_| ()).map_err(|e| {
+            ControlError::invalid(format!("input_schema is not a valid JSON Schema: {e}"))
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_concurrency(c: Option<u32>) -> ControlResult<Option<u32>> {
     match c {
         Some(0) => Err(ControlError::invalid("max_concurrency must be at least 1")),
@@ -332,6 +341,7 @@ impl ControlPlane {
     ) -> ControlResult<ModelVersion> {
         let model = self.model(model).await?;
         check_upstream_url(&spec.upstream_url)?;
+        check_schema(spec.input_schema.as_ref())?;
         let version = ModelVersion {
             id: new_id(8),
             model_id: model.id,
@@ -380,6 +390,9 @@ impl ControlPlane {
         }
         if let Some(c) = patch.max_concurrency {
             check_concurrency(c)?;
+        }
+        if let Some(schema) = &patch.input_schema {
+            check_schema(schema.as_ref())?;
         }
         let updated =
             self.store.update_version(id, patch).await?.ok_or_else(|| {

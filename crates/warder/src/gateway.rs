@@ -106,11 +106,17 @@ async fn run(
                 format!("request body exceeds {} bytes", state.config.max_body_bytes),
             )
         })?;
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "request body is not valid JSON",
-        ));
+    match &target.validator {
+        None => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                return Err(invalid_json());
+            }
+        }
+        Some(validator) => {
+            let input: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| invalid_json())?;
+            check_input(validator, &input)?;
+        }
     }
 
     let permit = match &target.slots {
@@ -268,6 +274,37 @@ async fn run(
         rate_limit_headers(response.headers_mut(), &d);
     }
     Ok(response)
+}
+
+fn invalid_json() -> ApiError {
+    ApiError::new(ErrorCode::InvalidJson, "request body is not valid JSON")
+}
+
+/// Validates the input against the version's `input_schema`; names up to five
+/// violations with their JSON pointers.
+fn check_input(
+    validator: &jsonschema::Validator,
+    input: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let errors: Vec<String> = validator
+        .iter_errors(input)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "input does not match the model's input_schema: {}",
+                errors.join("; ")
+            ),
+        ))
+    }
 }
 
 /// Checks the grant (admin keys need none) and returns the limits to apply.

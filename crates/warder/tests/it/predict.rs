@@ -21,6 +21,7 @@ scenarios!(
     internal_routes_need_the_internal_scope_and_skip_limits,
     concurrency_cap_queues_then_refuses,
     callers_key_is_not_forwarded_and_trace_is,
+    input_schema_is_enforced_before_the_upstream,
 );
 
 async fn envelope_on_every_route(b: Backend) {
@@ -503,4 +504,73 @@ async fn callers_key_is_not_forwarded_and_trace_is(b: Backend) {
     assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
     assert_eq!(seen["x-request-id"], trace);
     assert_eq!(body["output"]["body"], r#"{"q":1}"#);
+}
+
+async fn input_schema_is_enforced_before_the_upstream(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let schema = json!({
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string", "maxLength": 20}},
+    });
+    let m = app
+        .register("typed", &up.url("/echo"), json!({"input_schema": schema}))
+        .await;
+    let c = app.caller("jo", &["typed"], None).await;
+    for bad in [
+        json!({}),
+        json!({"text": 5}),
+        json!({"text": "x".repeat(21)}),
+        json!([1]),
+    ] {
+        let (s, body, _) = json_of(
+            app.predict(&c.key, "/models/typed/predict", bad.clone())
+                .await,
+        )
+        .await;
+        assert_error(s, &body, 422, "INVALID_INPUT");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("input_schema")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        up.log.calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing invalid went upstream"
+    );
+    let (s, body, _) = json_of(
+        app.predict(&c.key, "/models/typed/predict", json!({"text": "fine"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    // A schema that is not a schema is refused when it is set.
+    let (s, body) = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/model_versions/{}", m.version_id),
+            Some(json!({"input_schema": {"type": "no-such-type"}})),
+        )
+        .await;
+    assert_error(s, &body, 422, "INVALID_INPUT");
+    // Removing it lifts the check on the next request.
+    let (s, _) = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/model_versions/{}", m.version_id),
+            Some(json!({"input_schema": null})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        app.predict(&c.key, "/models/typed/predict", json!({}))
+            .await
+            .status(),
+        200
+    );
 }
