@@ -11,12 +11,15 @@ use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::demo::{self, DemoKeys};
 use crate::http;
+use crate::queue::worker::{Worker, WorkerDeps};
+use crate::queue::Signals;
 use crate::ratelimit::LocalRateLimiter;
 use crate::server::{self, ServeOptions};
 use crate::state::{AppState, SharedState};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::usage::{usage_channel, Quotas, UsageWriter};
+use crate::webhooks::{WebhookSetupError, Webhooks};
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +54,9 @@ pub enum StartupError {
     /// A start-up step of the control plane failed.
     #[error("start-up: {0}")]
     Control(#[from] crate::control::ControlError),
+    /// Webhook delivery could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] WebhookSetupError),
 }
 
 /// A built gateway, listening but not yet serving.
@@ -97,6 +103,7 @@ impl App {
         let control =
             ControlPlane::new(store.clone(), auth.clone(), catalog.clone(), config.clone());
         let (usage, usage_writer) = usage_channel(store.clone());
+        let webhooks = Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?);
         let state = Arc::new(AppState {
             config: config.clone(),
             store: store.clone(),
@@ -108,6 +115,8 @@ impl App {
             metrics,
             usage,
             control,
+            signals: Arc::new(Signals::default()),
+            webhooks,
         });
 
         if let Some(key) = config
@@ -200,16 +209,59 @@ impl App {
             signal(),
         );
         let usage = self.usage_writer.run(signal());
-        let background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
+        let mut background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
+        let worker = self
+            .state
+            .config
+            .worker_enabled
+            .then(|| tokio::spawn(Worker::run(worker_deps(&self.state), signal())));
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutdown requested");
             let _ = tx.send(true);
         };
         tokio::join!(public, ops, usage, trigger);
-        for task in background {
+        if let Some(w) = worker {
+            // The worker drains its running attempts on the same signal.
+            let _ = w.await;
+        }
+        for task in background.drain(..) {
             task.abort();
         }
         tracing::info!("warder stopped");
     }
+}
+
+fn worker_deps(state: &AppState) -> WorkerDeps {
+    WorkerDeps {
+        store: state.store.clone(),
+        catalog: state.catalog.clone(),
+        upstream: state.upstream.clone(),
+        metrics: state.metrics.clone(),
+        config: state.config.clone(),
+        signals: state.signals.clone(),
+        webhooks: state.webhooks.clone(),
+    }
+}
+
+/// `warder worker`: only the async worker, over the configured store,
+/// until `shutdown` resolves.
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let store: Arc<dyn Store> = Arc::new(open_store(&config).await?);
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let deps = WorkerDeps {
+        catalog: Arc::new(Catalog::new(store.clone(), &config)),
+        upstream: UpstreamClient::new(),
+        webhooks: Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?),
+        signals: Arc::new(Signals::default()),
+        metrics,
+        config,
+        store,
+    };
+    Worker::run(deps, shutdown).await;
+    Ok(())
 }

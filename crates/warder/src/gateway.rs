@@ -267,7 +267,7 @@ async fn run(
 }
 
 /// Checks the grant (admin keys need none) and returns the limits to apply.
-async fn authorize(
+pub(crate) async fn authorize(
     state: &AppState,
     principal: &Principal,
     target: &Target,
@@ -289,7 +289,7 @@ async fn authorize(
 }
 
 /// Applies the rate limit and quotas; returns the rate decision for headers.
-async fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     principal: &Principal,
     target: &Target,
@@ -397,7 +397,7 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
-fn build_upstream_request(
+pub(crate) fn build_upstream_request(
     url: &str,
     traceparent: &str,
     request_id: &str,

@@ -4,9 +4,11 @@ use crate::auth::AuthService;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::control::ControlPlane;
+use crate::queue::Signals;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::usage::{Quotas, UsageRecorder};
+use crate::webhooks::Webhooks;
 use std::sync::Arc;
 use warder_core::{RateLimiter, Store};
 
@@ -32,6 +34,10 @@ pub struct AppState {
     pub usage: UsageRecorder,
     /// Control-plane operations (admin API, demo, bootstrap).
     pub control: ControlPlane,
+    /// Wake-ups of the async worker loops of this process.
+    pub signals: Arc<Signals>,
+    /// Webhook secrets, the SSRF guard and delivery.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// The state as handlers receive it.
