@@ -3,6 +3,8 @@
 //! manual of the behaviour it covers.
 
 mod admin;
+mod async_predict;
+mod async_support;
 mod auth;
 mod binary;
 mod helpers;
