@@ -5,6 +5,7 @@
 mod admin;
 mod async_predict;
 mod async_support;
+mod async_webhooks;
 mod auth;
 mod binary;
 mod helpers;
