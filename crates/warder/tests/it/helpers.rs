@@ -75,7 +75,7 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    async fn create(base: &str) -> PgDatabase {
+    pub async fn create(base: &str) -> PgDatabase {
         use sqlx::Connection;
         let name = format!("warder_t_{}", warder_core::new_id(12));
         let mut conn = sqlx::PgConnection::connect(base)
