@@ -7,12 +7,14 @@
 
 pub mod error;
 pub mod ids;
+pub mod jobs;
 pub mod limits;
 pub mod records;
 pub mod store;
 
 pub use error::ErrorCode;
 pub use ids::{new_id, now_ms, ApiKey, KeyId, RequestId, SpanId};
+pub use jobs::*;
 pub use limits::{RateDecision, RateLimiter, RateLimiterUnavailable};
 pub use records::*;
 pub use store::*;

@@ -4,6 +4,7 @@
 //! the callers. Every method may fail with [`StoreError::Unavailable`] when the
 //! backend cannot be reached; callers decide what that means for a request.
 
+use crate::jobs::{JobQueue, WebhookSecretStore};
 use crate::records::*;
 use async_trait::async_trait;
 
@@ -214,7 +215,9 @@ pub trait UsageStore: Send + Sync {
 
 /// Everything the gateway persists, as one handle.
 #[async_trait]
-pub trait Store: UserStore + KeyStore + ModelStore + AccessStore + UsageStore {
+pub trait Store:
+    UserStore + KeyStore + ModelStore + AccessStore + UsageStore + JobQueue + WebhookSecretStore
+{
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
     /// Number of read queries issued so far (observability and tests).

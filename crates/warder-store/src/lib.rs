@@ -9,7 +9,10 @@
 //! branch on [`Dialect`]. This crate persists data as given and never decides
 //! policy.
 
+mod notify;
+mod queue;
 mod rows;
 mod sql;
 
+pub use notify::{listen_queue_events, QueueEvent};
 pub use sql::{Dialect, SqlStore, StoreOptions};

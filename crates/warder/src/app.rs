@@ -15,12 +15,15 @@ use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::demo::{self, DemoKeys};
 use crate::http;
+use crate::queue::worker::{Worker, WorkerDeps};
+use crate::queue::Signals;
 use crate::ratelimit::LocalRateLimiter;
 use crate::server::{self, ServeOptions};
 use crate::state::{AppState, SharedState};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::usage::{usage_channel, Quotas, UsageWriter};
+use crate::webhooks::{WebhookSetupError, Webhooks};
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +61,9 @@ pub enum StartupError {
     /// A start-up step of the control plane failed.
     #[error("start-up: {0}")]
     Control(#[from] crate::control::ControlError),
+    /// Webhook delivery could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] WebhookSetupError),
 }
 
 /// A built gateway, listening but not yet serving.
@@ -130,6 +136,7 @@ impl App {
             )));
         }
         let (usage, usage_writer) = usage_channel(store.clone());
+        let webhooks = Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?);
         let state = Arc::new(AppState {
             config: config.clone(),
             store: store.clone(),
@@ -142,6 +149,8 @@ impl App {
             usage,
             control,
             redis,
+            signals: Arc::new(Signals::default()),
+            webhooks,
         });
 
         if let Some(key) = config
@@ -238,18 +247,61 @@ impl App {
         let usage = tokio::spawn(self.usage_writer.run(async {
             let _ = usage_stopped.await;
         }));
-        let background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
+        let mut background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
+        let worker = self
+            .state
+            .config
+            .worker_enabled
+            .then(|| tokio::spawn(Worker::run(worker_deps(&self.state), signal())));
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutdown requested");
             let _ = tx.send(true);
         };
         tokio::join!(public, ops, trigger);
+        if let Some(w) = worker {
+            // The worker drains its running attempts on the same signal.
+            let _ = w.await;
+        }
         let _ = usage_stop.send(());
         let _ = usage.await;
-        for task in background {
+        for task in background.drain(..) {
             task.abort();
         }
         tracing::info!("warder stopped");
     }
+}
+
+fn worker_deps(state: &AppState) -> WorkerDeps {
+    WorkerDeps {
+        store: state.store.clone(),
+        catalog: state.catalog.clone(),
+        upstream: state.upstream.clone(),
+        metrics: state.metrics.clone(),
+        config: state.config.clone(),
+        signals: state.signals.clone(),
+        webhooks: state.webhooks.clone(),
+    }
+}
+
+/// `warder worker`: only the async worker, over the configured store,
+/// until `shutdown` resolves.
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let store: Arc<dyn Store> = Arc::new(open_store(&config).await?);
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let deps = WorkerDeps {
+        catalog: Arc::new(Catalog::new(store.clone(), &config)),
+        upstream: UpstreamClient::new(),
+        webhooks: Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?),
+        signals: Arc::new(Signals::default()),
+        metrics,
+        config,
+        store,
+    };
+    Worker::run(deps, shutdown).await;
+    Ok(())
 }

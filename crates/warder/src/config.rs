@@ -99,6 +99,58 @@ pub struct Config {
     pub demo: bool,
     /// Caching relays.
     pub relays: Vec<RelayConfig>,
+    /// Async inference: queue, workers and webhooks (`[async_queue]`).
+    pub async_queue: AsyncConfig,
+}
+
+/// The `[async_queue]` table: limits and timings of async inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AsyncConfig {
+    /// Largest accepted async submit body.
+    pub max_body_bytes: usize,
+    /// How long finished requests (and their outputs) are kept.
+    pub retention_s: u64,
+    /// Smallest accepted `max_time_in_queue_seconds` (10 per the API; tests lower it).
+    pub min_queue_seconds: u64,
+    /// Lease of a claimed job; renewed by heartbeats, rescued after it runs out.
+    pub lease_ms: u64,
+    /// Heartbeat period (also how often remote cancels are noticed without NOTIFY).
+    pub heartbeat_ms: u64,
+    /// Jobs one worker process runs at once.
+    pub worker_concurrency: u32,
+    /// Jobs claimed per query.
+    pub claim_batch: u32,
+    /// Longest a worker idles before looking at the queue without a wake-up.
+    pub poll_ms: u64,
+    /// Period of the sweeper (deadlines, lost leases, retention).
+    pub sweep_ms: u64,
+    /// Delay before each webhook delivery attempt (the first is usually 0).
+    pub webhook_retry_schedule_ms: Vec<u64>,
+    /// Timeout of one webhook delivery.
+    pub webhook_timeout_ms: u64,
+    /// Base64 of 32 bytes sealing webhook secrets at rest; unset = a key
+    /// file in the data dir (set it explicitly when several nodes share a database).
+    pub secrets_key: Option<String>,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            max_body_bytes: 256 * 1024,
+            retention_s: 24 * 3600,
+            min_queue_seconds: 10,
+            lease_ms: 30_000,
+            heartbeat_ms: 5_000,
+            worker_concurrency: 256,
+            claim_batch: 64,
+            poll_ms: 1_000,
+            sweep_ms: 1_000,
+            webhook_retry_schedule_ms: vec![0, 5_000, 30_000, 300_000, 1_800_000],
+            webhook_timeout_ms: 15_000,
+            secrets_key: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -131,6 +183,7 @@ impl Default for Config {
             worker_enabled: true,
             demo: false,
             relays: Vec::new(),
+            async_queue: AsyncConfig::default(),
         }
     }
 }
@@ -234,6 +287,24 @@ impl Config {
                 ));
             }
         }
+        for cidr in &self.webhook_allowed_cidrs {
+            cidr.parse::<ipnet::IpNet>()
+                .map_err(|e| ConfigError(format!("webhook_allowed_cidrs: {cidr}: {e}")))?;
+        }
+        let q = &self.async_queue;
+        if q.lease_ms < 100 || q.heartbeat_ms == 0 || q.heartbeat_ms >= q.lease_ms {
+            return Err(ConfigError(
+                "async_queue: lease_ms must be at least 100 and heartbeat_ms between 1 and lease_ms"
+                    .into(),
+            ));
+        }
+        if q.webhook_retry_schedule_ms.is_empty() || q.worker_concurrency == 0 || q.claim_batch == 0
+        {
+            return Err(ConfigError(
+                "async_queue: webhook_retry_schedule_ms, worker_concurrency and claim_batch must not be empty or zero"
+                    .into(),
+            ));
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError("max_body_bytes must be positive".into()));
         }
@@ -256,6 +327,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.bootstrap_admin_key.is_some() {
             shown.bootstrap_admin_key = Some("***".into());
+        }
+        if shown.async_queue.secrets_key.is_some() {
+            shown.async_queue.secrets_key = Some("***".into());
         }
         shown.database_url = shown.database_url.map(|u| redact_url(&u));
         shown.redis_url = shown.redis_url.map(|u| redact_url(&u));

@@ -308,7 +308,7 @@ fn check_input(
 }
 
 /// Checks the grant (admin keys need none) and returns the limits to apply.
-async fn authorize(
+pub(crate) async fn authorize(
     state: &AppState,
     principal: &Principal,
     target: &Target,
@@ -330,7 +330,7 @@ async fn authorize(
 }
 
 /// Applies the rate limit; returns the decision for the `RateLimit-*` headers.
-async fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     principal: &Principal,
     target: &Target,
@@ -496,7 +496,7 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
-fn build_upstream_request(
+pub(crate) fn build_upstream_request(
     url: &http::Uri,
     traceparent: &str,
     request_id: &str,

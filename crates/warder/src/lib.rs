@@ -13,12 +13,14 @@ pub mod control;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod queue;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
 pub mod usage;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

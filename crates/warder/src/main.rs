@@ -56,6 +56,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Predict(args) => {
             warder::cli::run_client(warder::cli::ClientCommand::Predict(args)).await
         }
+        Command::Worker(args) => {
+            let config = args.load()?;
+            let _logs = warder::telemetry::init_logging(&config);
+            warder::app::run_worker(config, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Async(args) => warder::cli::run_async(args).await,
     }
 }
 

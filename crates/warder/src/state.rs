@@ -5,9 +5,11 @@ use crate::catalog::Catalog;
 use crate::cluster::RedisLink;
 use crate::config::Config;
 use crate::control::ControlPlane;
+use crate::queue::Signals;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::usage::{Quotas, UsageRecorder};
+use crate::webhooks::Webhooks;
 use std::sync::Arc;
 use warder_core::{RateLimiter, Store};
 
@@ -35,6 +37,10 @@ pub struct AppState {
     pub control: ControlPlane,
     /// The shared Redis, in cluster mode.
     pub redis: Option<RedisLink>,
+    /// Wake-ups of the async worker loops of this process.
+    pub signals: Arc<Signals>,
+    /// Webhook secrets, the SSRF guard and delivery.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// The state as handlers receive it.

@@ -362,7 +362,8 @@ fn query(pairs: &[(&str, &Option<String>)]) -> String {
     }
 }
 
-fn enc(segment: &str) -> String {
+/// Percent-encodes a path segment.
+pub(crate) fn enc(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }
 
@@ -604,7 +605,7 @@ pub async fn run_client(command: ClientCommand) -> anyhow::Result<i32> {
 }
 
 /// Human-readable rendering: objects as `name: value` lines, lists as blocks.
-fn render(out: &mut impl Write, v: &Value, indent: usize) -> std::io::Result<()> {
+pub(crate) fn render(out: &mut impl Write, v: &Value, indent: usize) -> std::io::Result<()> {
     let pad = " ".repeat(indent);
     match v {
         Value::Object(m) => {

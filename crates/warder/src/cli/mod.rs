@@ -1,8 +1,9 @@
-//! The command line: `serve`, `migrate`, `config check`, `admin …` and the
+//! The command line: `serve`, `worker`, `migrate`, `config check`, `admin …` and the
 //! client commands. Admin and client commands talk to a running gateway over
 //! HTTP (`--url`, `--key`), so every change goes through the same validation
 //! and cache invalidation as the admin API.
 
+mod async_cmd;
 mod client;
 
 use crate::config::{Config, FlagOverrides};
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use async_cmd::{run as run_async, AsyncArgs};
 pub use client::{run_client, ClientCommand};
 
 /// Top-level command line.
@@ -38,6 +40,10 @@ pub enum Command {
     Admin(client::AdminArgs),
     /// Call a model's sync predict route.
     Predict(client::PredictArgs),
+    /// Run only the async worker (any number may share a database).
+    Worker(ConfigArgs),
+    /// Async inference: submit, status, wait, cancel.
+    Async(AsyncArgs),
 }
 
 /// `config` subcommands.

@@ -3,7 +3,7 @@
 //! The document is assembled from the `#[utoipa::path]` annotations of the
 //! handlers, so a documented route cannot drift from its handler's shape.
 
-use crate::http::{admin, predict};
+use crate::http::{admin, async_admin, async_predict, predict};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -40,8 +40,13 @@ impl Modify for ApiKeyAuth {
         admin::create_policy, admin::list_policies, admin::get_policy,
         admin::create_grant, admin::list_grants, admin::get_grant, admin::delete_grant,
         admin::usage, admin::whoami,
+        async_predict::model_async, async_predict::env_async, async_predict::version_async,
+        async_predict::status, async_predict::cancel, async_predict::queue_status,
+        async_admin::list, async_admin::read, async_admin::deliveries, async_admin::redeliver,
+        async_admin::rotate_secret,
         super::routes_listing,
     ),
-    tags((name = "predict", description = "Sync inference"), (name = "admin", description = "Control plane (admin scope)"))
+    tags((name = "predict", description = "Sync inference"),
+        (name = "async", description = "Async inference: queue, status, cancel, signed webhooks"), (name = "admin", description = "Control plane (admin scope)"))
 )]
 pub struct ApiDoc;

@@ -8,6 +8,8 @@
 //! own callers.
 
 pub mod admin;
+pub mod async_admin;
+pub mod async_predict;
 pub mod docs;
 pub mod error;
 pub mod fallback;
@@ -53,6 +55,11 @@ async fn routes_listing() -> Json<Value> {
             "POST /models/{model}/predict_internal",
             "POST /model_versions/{version_id}/predict_internal",
             "POST /model/{model}/{version_id}/predict_internal",
+            "POST /models/{model}/async_predict",
+            "POST /models/{model}/environments/{env}/async_predict",
+            "POST /model_versions/{version_id}/async_predict",
+            "GET|DELETE /async_request/{request_id}",
+            "GET /models/{model}/async_queue_status",
             "/admin/…",
         ],
     }))
@@ -67,11 +74,14 @@ async fn method_not_allowed(req: Request) -> impl IntoResponse {
 
 /// The public router with every layer.
 pub fn router(state: SharedState) -> Router {
-    let admin = admin::routes().route_layer(axum::middleware::from_fn(middleware::require_admin));
+    let admin = admin::routes()
+        .merge(async_admin::routes())
+        .route_layer(axum::middleware::from_fn(middleware::require_admin));
     // Layer order (outer → inner) on protected routes:
     // request_context (router-wide) → authenticate → [require_admin] → handler.
     let protected = Router::new()
         .merge(predict::routes())
+        .merge(async_predict::routes())
         .merge(admin)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -97,6 +97,39 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of an async queue depth.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// Model id.
+    pub model: String,
+    /// `QUEUED` or `IN_PROGRESS`.
+    pub status: String,
+}
+
+/// Labels of an async attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// Model id.
+    pub model: String,
+    /// `succeeded`, `retry`, `failed` or `canceled`.
+    pub outcome: String,
+}
+
+/// Labels of a webhook delivery attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `succeeded`, `retry` or `failed`.
+    pub outcome: String,
+}
+
+fn queue_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
+        7200.0, 86400.0,
+    ]
+    .into_iter()
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -149,6 +182,14 @@ pub struct Metrics {
     pub invalidations: Family<KindLabels, Counter>,
     /// `warder_invalidation_bus_reconnects_total`.
     pub bus_reconnects: Counter,
+    /// `warder_async_queue_depth{model,status}`, refreshed by the sweeper.
+    pub async_queue_depth: Family<QueueLabels, Gauge>,
+    /// `warder_async_time_in_queue_seconds{model}`: submit to first attempt.
+    pub async_time_in_queue: Family<ModelLabels, Histogram>,
+    /// `warder_async_attempts_total{model,outcome}`.
+    pub async_attempts: Family<AttemptLabels, Counter>,
+    /// `warder_webhook_deliveries_total{outcome}`.
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -208,6 +249,32 @@ impl Metrics {
             "warder_invalidation_bus_reconnects",
             "Reconnections of the invalidation bus consumer",
             bus_reconnects.clone(),
+        );
+        let async_queue_depth = Family::<QueueLabels, Gauge>::default();
+        let async_time_in_queue = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(queue_buckets())
+        });
+        let async_attempts = Family::<AttemptLabels, Counter>::default();
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "warder_async_queue_depth",
+            "Unfinished async requests by model and status",
+            async_queue_depth.clone(),
+        );
+        registry.register(
+            "warder_async_time_in_queue_seconds",
+            "Time from async submit to the first attempt",
+            async_time_in_queue.clone(),
+        );
+        registry.register(
+            "warder_async_attempts",
+            "Async attempts by model and outcome",
+            async_attempts.clone(),
+        );
+        registry.register(
+            "warder_webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhook_deliveries.clone(),
         );
         registry.register(
             "warder_http_requests",
@@ -278,6 +345,10 @@ impl Metrics {
             rate_limit_unavailable,
             invalidations,
             bus_reconnects,
+            async_queue_depth,
+            async_time_in_queue,
+            async_attempts,
+            webhook_deliveries,
         }
     }
 
@@ -305,6 +376,25 @@ impl Metrics {
         self.invalidations
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an async attempt's outcome.
+    pub fn async_attempt(&self, model: &str, outcome: &str) {
+        self.async_attempts
+            .get_or_create(&AttemptLabels {
+                model: model.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a webhook delivery attempt's outcome.
+    pub fn webhook_outcome(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

@@ -3,6 +3,10 @@
 //! manual of the behaviour it covers.
 
 mod admin;
+mod async_crash;
+mod async_predict;
+mod async_support;
+mod async_webhooks;
 mod auth;
 mod binary;
 mod cli;

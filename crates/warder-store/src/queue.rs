@@ -1,0 +1,773 @@
+//! The durable job queue and webhook secrets over SQL ([`JobQueue`],
+//! [`WebhookSecretStore`] for [`SqlStore`]).
+//!
+//! Claims differ by dialect, everything else is shared:
+//! - PostgreSQL claims with `FOR UPDATE SKIP LOCKED`, so any number of
+//!   workers claim disjoint batches without waiting on each other; versions
+//!   with a `max_concurrency` are claimed under a per-version advisory lock
+//!   so that the count of running jobs and the claim are one atomic step.
+//! - SQLite runs the claim as one `UPDATE … RETURNING` statement, which
+//!   takes the database's write lock before it reads, so it is atomic across
+//!   processes sharing the file.
+//!
+//! Every worker write is fenced: it names the lease token it was given and
+//! only applies while the job is still IN_PROGRESS under that token.
+
+use crate::sql::{map_err, Dialect, SqlStore};
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use warder_core::*;
+
+/// Columns of `async_jobs` in the order `job_row` reads them.
+const JOB_COLUMNS: &str = "id, user_id, key_id, model_id, version_id, status, webhook_status, \
+     webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
+     max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
+     finished_at, lease_owner, lease_token, lease_expires_at, cancel_requested, expires_at, \
+     webhook_attempts, webhook_next_at";
+
+/// The SET clause of a claim; `$1` owner, `$2` lease end, `$3` now.
+const CLAIM_SET: &str = "status = 'IN_PROGRESS', lease_owner = $1, lease_token = lease_token + 1, \
+     lease_expires_at = $2, started_at = COALESCE(started_at, $3), attempts = attempts + 1";
+
+/// Ready: queued, past its backoff, and (before a first attempt) within its
+/// deadline, on an active version. `$3` is now.
+const READY: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
+     AND (j.attempts > 0 OR j.queue_deadline > $3) AND v.state = 'active'";
+
+/// Builds `AnyArguments` from values (all bound in order).
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {{
+        let mut a = sqlx::any::AnyArguments::default();
+        $( sqlx::Arguments::add(&mut a, $v).map_err(|e| StoreError::Other(e.to_string()))?; )*
+        a
+    }};
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Other(format!("corrupt async job row: {what}"))
+}
+
+fn get<'r, T>(row: &'r AnyRow, col: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get::<T, _>(col).map_err(map_err)
+}
+
+fn job_row(row: &AnyRow) -> StoreResult<AsyncJob> {
+    let status: String = get(row, "status")?;
+    let webhook_status: String = get(row, "webhook_status")?;
+    let errors: String = get(row, "errors")?;
+    let ts = |c: &str| get::<i64>(row, c).map(Timestamp);
+    let opt_ts = |c: &str| get::<Option<i64>>(row, c).map(|v| v.map(Timestamp));
+    Ok(AsyncJob {
+        id: get(row, "id")?,
+        user_id: get(row, "user_id")?,
+        key_id: get(row, "key_id")?,
+        model_id: get(row, "model_id")?,
+        version_id: get(row, "version_id")?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        webhook_status: WebhookStatus::parse(&webhook_status)
+            .ok_or_else(|| corrupt("webhook_status"))?,
+        webhook_url: get(row, "webhook_url")?,
+        priority: get::<i64>(row, "priority")?.clamp(0, 255) as u8,
+        input: get(row, "input")?,
+        output: get(row, "output")?,
+        errors: serde_json::from_str(&errors).map_err(|_| corrupt("errors"))?,
+        attempts: get::<i64>(row, "attempts")?.max(0) as u32,
+        retry: RetryConfig {
+            max_attempts: get::<i64>(row, "max_attempts")?.max(0) as u32,
+            initial_delay_ms: get::<i64>(row, "initial_delay_ms")?.max(0) as u64,
+            max_delay_ms: get::<i64>(row, "max_delay_ms")?.max(0) as u64,
+        },
+        idempotency_key: get(row, "idempotency_key")?,
+        created_at: ts("created_at")?,
+        queue_deadline: ts("queue_deadline")?,
+        run_after: ts("run_after")?,
+        started_at: opt_ts("started_at")?,
+        finished_at: opt_ts("finished_at")?,
+        lease_owner: get(row, "lease_owner")?,
+        lease_token: get(row, "lease_token")?,
+        lease_expires_at: opt_ts("lease_expires_at")?,
+        cancel_requested: get::<i64>(row, "cancel_requested")? != 0,
+        expires_at: opt_ts("expires_at")?,
+        webhook_attempts: get::<i64>(row, "webhook_attempts")?.max(0) as u32,
+        webhook_next_at: opt_ts("webhook_next_at")?,
+    })
+}
+
+fn leases(rows: &[AnyRow]) -> StoreResult<Vec<Lease>> {
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            job_row(r).map(|job| Lease {
+                token: job.lease_token,
+                job,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    out.sort_by_key(|l| (l.job.priority, l.job.created_at));
+    Ok(out)
+}
+
+fn errors_json(errors: &[JobError]) -> String {
+    serde_json::to_string(errors).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Terminal-state bookkeeping shared by every path that finishes a job:
+/// `$a` finished_at/now, `$b` retain_until.
+fn finished_set(now: usize, retain: usize) -> String {
+    format!(
+        "finished_at = ${now}, expires_at = ${retain}, lease_owner = NULL, lease_expires_at = NULL, \
+         webhook_next_at = CASE WHEN webhook_status = 'PENDING' THEN ${now} ELSE NULL END"
+    )
+}
+
+impl SqlStore {
+    async fn claim_sqlite(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Lease>> {
+        // Candidates skip versions already at their cap; the window then
+        // admits, per capped version, only as many as it has free slots.
+        let sql = format!(
+            "WITH cand AS ( \
+               SELECT j.id, j.version_id, j.priority, j.created_at, v.max_concurrency AS cap \
+               FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
+               WHERE {READY} AND (v.max_concurrency IS NULL OR v.max_concurrency > \
+                 (SELECT COUNT(*) FROM async_jobs r WHERE r.version_id = j.version_id AND r.status = 'IN_PROGRESS')) \
+               ORDER BY j.priority, j.created_at LIMIT $4), \
+             ranked AS ( \
+               SELECT id, cap, ROW_NUMBER() OVER (PARTITION BY version_id ORDER BY priority, created_at) AS rn, \
+                 (SELECT COUNT(*) FROM async_jobs r WHERE r.version_id = cand.version_id AND r.status = 'IN_PROGRESS') AS running \
+               FROM cand) \
+             UPDATE async_jobs SET {CLAIM_SET} \
+             WHERE status = 'QUEUED' AND id IN (SELECT id FROM ranked WHERE cap IS NULL OR rn + running <= cap) \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until.0)
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        leases(&rows)
+    }
+
+    async fn claim_postgres(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Lease>> {
+        let columns = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let uncapped = format!(
+            "WITH picked AS ( \
+               SELECT j.id FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
+               WHERE {READY} AND v.max_concurrency IS NULL \
+               ORDER BY j.priority, j.created_at LIMIT $4 FOR UPDATE OF j SKIP LOCKED) \
+             UPDATE async_jobs j SET {CLAIM_SET} FROM picked WHERE j.id = picked.id \
+             RETURNING {columns}"
+        );
+        let rows = sqlx::query(&uncapped)
+            .bind(owner)
+            .bind(lease_until.0)
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        let mut out = leases(&rows)?;
+
+        let capped = format!(
+            "SELECT DISTINCT j.version_id, v.max_concurrency FROM async_jobs j \
+             JOIN model_versions v ON v.id = j.version_id \
+             WHERE {} AND v.max_concurrency IS NOT NULL LIMIT 64",
+            READY.replace("$3", "$1")
+        );
+        let versions = sqlx::query(&capped)
+            .bind(now.0)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        for v in versions {
+            let left = limit.saturating_sub(out.len() as u32);
+            if left == 0 {
+                break;
+            }
+            let version: String = get(&v, "version_id")?;
+            let cap: i64 = get(&v, "max_concurrency")?;
+            let mut tx = self.pool().begin().await.map_err(map_err)?;
+            // One claimer per capped version at a time: the running count
+            // and the claim below cannot interleave with another worker's.
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('warder:' || $1))")
+                    .bind(&version)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            if !locked {
+                continue;
+            }
+            let running: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM async_jobs WHERE version_id = $1 AND status = 'IN_PROGRESS'",
+            )
+            .bind(&version)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let free = (cap - running).clamp(0, i64::from(left));
+            if free == 0 {
+                continue;
+            }
+            let sql = format!(
+                "WITH picked AS ( \
+                   SELECT j.id FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
+                   WHERE {READY} AND j.version_id = $5 \
+                   ORDER BY j.priority, j.created_at LIMIT $4 FOR UPDATE OF j SKIP LOCKED) \
+                 UPDATE async_jobs j SET {CLAIM_SET} FROM picked WHERE j.id = picked.id \
+                 RETURNING {columns}"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(owner)
+                .bind(lease_until.0)
+                .bind(now.0)
+                .bind(free)
+                .bind(&version)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            out.extend(leases(&rows)?);
+        }
+        Ok(out)
+    }
+
+    async fn finish_one(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        item: &Finish,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<bool> {
+        let errors = errors_json(&item.errors);
+        let fence = "WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
+        let (sql, args) = match &item.outcome {
+            Outcome::Succeeded(output) => (
+                format!(
+                    "UPDATE async_jobs SET status = 'SUCCEEDED', output = $3, errors = $4, {} {fence}",
+                    finished_set(5, 6)
+                ),
+                args![item.id.clone(), item.token, output.clone(), errors, now.0, retain_until.0],
+            ),
+            Outcome::Failed => (
+                format!(
+                    "UPDATE async_jobs SET status = 'FAILED', errors = $3, {} {fence}",
+                    finished_set(4, 5)
+                ),
+                args![item.id.clone(), item.token, errors, now.0, retain_until.0],
+            ),
+            Outcome::Canceled => (
+                format!(
+                    "UPDATE async_jobs SET status = 'CANCELED', errors = $3, \
+                     webhook_status = CASE WHEN webhook_status = 'PENDING' THEN 'CANCELED' ELSE webhook_status END, \
+                     {} {fence}",
+                    finished_set(4, 5)
+                ),
+                args![item.id.clone(), item.token, errors, now.0, retain_until.0],
+            ),
+            Outcome::Retry(run_after) => (
+                format!(
+                    "UPDATE async_jobs SET status = 'QUEUED', errors = $3, run_after = $4, \
+                     lease_owner = NULL, lease_expires_at = NULL {fence}"
+                ),
+                args![item.id.clone(), item.token, errors, run_after.0],
+            ),
+        };
+        let done = sqlx::query_with(&sql, args)
+            .execute(conn)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqlStore {
+    async fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued> {
+        let webhook_status = if job.webhook_url.is_some() {
+            WebhookStatus::Pending
+        } else {
+            WebhookStatus::NoWebhookProvided
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
+             webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
+             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, lease_token, \
+             cancel_requested, webhook_attempts) \
+             VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, NULL, '[]', 0, $10, $11, $12, $13, \
+             $14, $15, $14, 0, 0, 0)",
+        )
+        .bind(&job.id)
+        .bind(&job.user_id)
+        .bind(&job.key_id)
+        .bind(&job.model_id)
+        .bind(&job.version_id)
+        .bind(webhook_status.as_str())
+        .bind(&job.webhook_url)
+        .bind(i64::from(job.priority))
+        .bind(&job.input)
+        .bind(i64::from(job.retry.max_attempts))
+        .bind(job.retry.initial_delay_ms as i64)
+        .bind(job.retry.max_delay_ms as i64)
+        .bind(&job.idempotency_key)
+        .bind(job.created_at.0)
+        .bind(job.queue_deadline.0)
+        .execute(self.pool())
+        .await
+        .map_err(map_err);
+        match (inserted, &job.idempotency_key) {
+            (Ok(_), _) => Ok(Enqueued::Created(job.id)),
+            (Err(StoreError::Conflict(m)), Some(key)) => {
+                let existing: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM async_jobs WHERE user_id = $1 AND idempotency_key = $2",
+                )
+                .bind(&job.user_id)
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_err)?;
+                existing
+                    .map(Enqueued::Existing)
+                    .ok_or(StoreError::Conflict(m))
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>> {
+        sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM async_jobs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(map_err)?
+        .as_ref()
+        .map(job_row)
+        .transpose()
+    }
+
+    async fn list_jobs(&self, f: JobFilter) -> StoreResult<Vec<AsyncJob>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM async_jobs \
+             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR model_id = $2) \
+             AND ($3 IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4"
+        ))
+        .bind(f.user_id)
+        .bind(f.model_id)
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(i64::from(f.limit.max(1)))
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_row).collect()
+    }
+
+    async fn queue_counts(&self, model_id: &str) -> StoreResult<QueueCounts> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM async_jobs \
+             WHERE model_id = $1 AND status IN ('QUEUED', 'IN_PROGRESS') GROUP BY status",
+        )
+        .bind(model_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        let mut counts = QueueCounts::default();
+        for r in rows {
+            let status: String = get(&r, "status")?;
+            let n = get::<i64>(&r, "n")?.max(0) as u64;
+            match status.as_str() {
+                "QUEUED" => counts.queued = n,
+                _ => counts.in_progress = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn depth_by_model(&self) -> StoreResult<Vec<(String, JobStatus, u64)>> {
+        let rows = sqlx::query(
+            "SELECT model_id, status, COUNT(*) AS n FROM async_jobs \
+             WHERE status IN ('QUEUED', 'IN_PROGRESS') GROUP BY model_id, status",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = get(r, "status")?;
+                Ok((
+                    get(r, "model_id")?,
+                    JobStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+                    get::<i64>(r, "n")?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Lease>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        match self.dialect() {
+            Dialect::Sqlite => self.claim_sqlite(owner, now, lease_until, limit).await,
+            Dialect::Postgres => self.claim_postgres(owner, now, lease_until, limit).await,
+        }
+    }
+
+    async fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> StoreResult<Vec<String>> {
+        sqlx::query(
+            "UPDATE async_jobs SET lease_expires_at = $1 \
+             WHERE lease_owner = $2 AND status = 'IN_PROGRESS'",
+        )
+        .bind(lease_until.0)
+        .bind(owner)
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        sqlx::query_scalar(
+            "SELECT id FROM async_jobs WHERE lease_owner = $1 AND status = 'IN_PROGRESS' \
+             AND cancel_requested = 1",
+        )
+        .bind(owner)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)
+    }
+
+    async fn finish_jobs(
+        &self,
+        items: &[Finish],
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut applied = Vec::with_capacity(items.len());
+        for item in items {
+            applied.push(self.finish_one(&mut tx, item, now, retain_until).await?);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(applied)
+    }
+
+    async fn cancel_job(
+        &self,
+        id: &str,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<CancelResult> {
+        let done = sqlx::query(&format!(
+            "UPDATE async_jobs SET status = 'CANCELED', \
+             webhook_status = CASE WHEN webhook_status = 'PENDING' THEN 'CANCELED' ELSE webhook_status END, \
+             {} WHERE id = $3 AND status = 'QUEUED'",
+            finished_set(1, 2)
+        ))
+        .bind(now.0)
+        .bind(retain_until.0)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 1 {
+            return Ok(CancelResult::Canceled);
+        }
+        let flagged = sqlx::query(
+            "UPDATE async_jobs SET cancel_requested = 1 WHERE id = $1 AND status = 'IN_PROGRESS'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        if flagged.rows_affected() == 1 {
+            return Ok(CancelResult::Requested);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM async_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_err)?;
+        let status = status.ok_or_else(|| StoreError::NotFound(format!("async request {id}")))?;
+        Ok(CancelResult::AlreadyFinished(
+            JobStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        ))
+    }
+
+    async fn expire_overdue(
+        &self,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let errors = errors_json(&[JobError::new(
+            JobErrorCode::QueueTimeout,
+            "the request was not started before its max_time_in_queue_seconds",
+        )]);
+        sqlx::query_scalar(&format!(
+            "UPDATE async_jobs SET status = 'EXPIRED', errors = $3, {} \
+             WHERE status = 'QUEUED' AND attempts = 0 AND queue_deadline <= $1 RETURNING id",
+            finished_set(1, 2)
+        ))
+        .bind(now.0)
+        .bind(retain_until.0)
+        .bind(errors)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)
+    }
+
+    async fn rescue_expired_leases(
+        &self,
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<u64> {
+        let lost = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM async_jobs WHERE status = 'IN_PROGRESS' \
+             AND lease_expires_at < $1 LIMIT 1000"
+        ))
+        .bind(now.0)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        let mut rescued = 0;
+        for row in &lost {
+            let job = job_row(row)?;
+            let mut errors = job.errors.clone();
+            let (set, outcome) = if job.cancel_requested {
+                ("status = 'CANCELED', webhook_status = CASE WHEN webhook_status = 'PENDING' THEN 'CANCELED' ELSE webhook_status END", true)
+            } else if job.attempts >= job.retry.max_attempts {
+                errors.push(JobError::new(
+                    JobErrorCode::WorkerLost,
+                    "the worker running the last attempt stopped responding",
+                ));
+                ("status = 'FAILED'", true)
+            } else {
+                ("status = 'QUEUED', run_after = $3", false)
+            };
+            let finished = if outcome {
+                format!(", {}", finished_set(3, 4))
+            } else {
+                ", lease_owner = NULL, lease_expires_at = NULL".to_owned()
+            };
+            // Fenced on the token and on the lease still being expired, so a
+            // worker that renewed it meanwhile keeps its job.
+            let done = sqlx::query(&format!(
+                "UPDATE async_jobs SET {set}, errors = $5{finished} \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS' AND lease_expires_at < $3"
+            ))
+            .bind(&job.id)
+            .bind(job.lease_token)
+            .bind(now.0)
+            .bind(retain_until.0)
+            .bind(errors_json(&errors))
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
+            rescued += done.rows_affected();
+        }
+        Ok(rescued)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE request_id IN \
+             (SELECT id FROM async_jobs WHERE expires_at <= $1 AND webhook_status <> 'PENDING')",
+        )
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let done = sqlx::query(
+            "DELETE FROM async_jobs WHERE expires_at <= $1 AND webhook_status <> 'PENDING'",
+        )
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<AsyncJob>> {
+        let pick = match self.dialect() {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "WITH due AS (SELECT id FROM async_jobs WHERE webhook_status = 'PENDING' \
+               AND webhook_next_at <= $1 \
+               AND (webhook_lease_until IS NULL OR webhook_lease_until < $1) \
+               ORDER BY webhook_next_at LIMIT $3 {pick}) \
+             UPDATE async_jobs SET webhook_lease_until = $2 \
+             WHERE id IN (SELECT id FROM due) AND webhook_status = 'PENDING' \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now.0)
+        .bind(lease_until.0)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_row).collect()
+    }
+
+    async fn record_delivery(&self, d: Delivery, next: DeliveryNext) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (request_id, attempt, at, status_code, success, error, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id, attempt) DO NOTHING",
+        )
+        .bind(&d.request_id)
+        .bind(i64::from(d.attempt))
+        .bind(d.at.0)
+        .bind(d.status_code.map(i64::from))
+        .bind(i64::from(d.success))
+        .bind(&d.error)
+        .bind(d.duration_ms as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let q = match next {
+            DeliveryNext::Done => sqlx::query(
+                "UPDATE async_jobs SET webhook_status = 'SUCCEEDED', webhook_attempts = $2, \
+                 webhook_next_at = NULL, webhook_lease_until = NULL WHERE id = $1",
+            )
+            .bind(&d.request_id)
+            .bind(i64::from(d.attempt)),
+            DeliveryNext::RetryAt(at) => sqlx::query(
+                "UPDATE async_jobs SET webhook_attempts = $2, webhook_next_at = $3, \
+                 webhook_lease_until = NULL WHERE id = $1",
+            )
+            .bind(&d.request_id)
+            .bind(i64::from(d.attempt))
+            .bind(at.0),
+            DeliveryNext::GiveUp => sqlx::query(
+                "UPDATE async_jobs SET webhook_status = 'FAILED', webhook_attempts = $2, \
+                 webhook_next_at = NULL, webhook_lease_until = NULL, \
+                 status = CASE WHEN status = 'SUCCEEDED' THEN 'WEBHOOK_FAILED' ELSE status END \
+                 WHERE id = $1",
+            )
+            .bind(&d.request_id)
+            .bind(i64::from(d.attempt)),
+        };
+        q.execute(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_deliveries(&self, id: &str) -> StoreResult<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "SELECT request_id, attempt, at, status_code, success, error, duration_ms \
+             FROM webhook_deliveries WHERE request_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Delivery {
+                    request_id: get(r, "request_id")?,
+                    attempt: get::<i64>(r, "attempt")?.max(0) as u32,
+                    at: Timestamp(get(r, "at")?),
+                    status_code: get::<Option<i64>>(r, "status_code")?.map(|c| c as u16),
+                    success: get::<i64>(r, "success")? != 0,
+                    error: get(r, "error")?,
+                    duration_ms: get::<i64>(r, "duration_ms")?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn redeliver(&self, id: &str, now: Timestamp) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE async_jobs SET webhook_status = 'PENDING', webhook_next_at = $2, \
+             webhook_lease_until = NULL, \
+             status = CASE WHEN status = 'WEBHOOK_FAILED' THEN 'SUCCEEDED' ELSE status END \
+             WHERE id = $1 AND webhook_url IS NOT NULL AND webhook_status <> 'PENDING' \
+             AND status NOT IN ('QUEUED', 'IN_PROGRESS', 'CANCELED')",
+        )
+        .bind(id)
+        .bind(now.0)
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl WebhookSecretStore for SqlStore {
+    async fn rotate_webhook_secret(
+        &self,
+        user_id: &str,
+        sealed_secret: &str,
+        now: Timestamp,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        sqlx::query(
+            "UPDATE webhook_secrets SET valid_until = $1 WHERE user_id = $2 AND valid_until IS NULL",
+        )
+        .bind(previous_valid_until.0)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO webhook_secrets (id, user_id, created_at, sealed_secret, valid_until) \
+             VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(new_id(16))
+        .bind(user_id)
+        .bind(now.0)
+        .bind(sealed_secret)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn webhook_secrets(&self, user_id: &str, now: Timestamp) -> StoreResult<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT sealed_secret FROM webhook_secrets WHERE user_id = $1 \
+             AND (valid_until IS NULL OR valid_until > $2) ORDER BY created_at DESC, id",
+        )
+        .bind(user_id)
+        .bind(now.0)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)
+    }
+}

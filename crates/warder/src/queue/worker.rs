@@ -1,0 +1,536 @@
+//! The async worker: claims jobs, calls the model, records the outcome,
+//! delivers webhooks and sweeps the queue.
+//!
+//! One [`Worker`] runs inside `serve` (unless disabled) and in each
+//! `warder worker` process; any number may share a store. Its loops:
+//! - **claim**: takes batches of ready jobs up to its free capacity, woken
+//!   by submits, finished attempts, NOTIFY or a poll timer;
+//! - **attempts**: one task per job, through the same upstream client and
+//!   per-version concurrency slots as sync predict; a cancel aborts the
+//!   model call by dropping it (the upstream sees the connection close);
+//! - **completer**: writes outcomes in batches (one transaction per batch),
+//!   each fenced by the lease token;
+//! - **heartbeat**: renews this worker's leases and picks up cancels;
+//! - **sweeper**: expires overdue queued jobs, rescues lost leases, purges
+//!   finished jobs past retention and refreshes the depth gauges;
+//! - **deliveries**: [`crate::webhooks::Webhooks::run`].
+//!
+//! The worker must never write a job it no longer holds: every write names
+//! its lease token, and the store refuses stale ones.
+
+use crate::catalog::{Catalog, ResolveError, Selector};
+use crate::config::Config;
+use crate::queue::Signals;
+use crate::telemetry::metrics::{Metrics, ModelLabels, QueueLabels};
+use crate::upstream::{UpstreamClient, UpstreamErrorKind};
+use crate::webhooks::Webhooks;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tracing::Instrument;
+use warder_core::*;
+
+/// What a worker needs from the process it runs in.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    /// The queue.
+    pub store: Arc<dyn Store>,
+    /// Version lookup and the per-version concurrency slots shared with sync predict.
+    pub catalog: Arc<Catalog>,
+    /// The upstream client shared with sync predict.
+    pub upstream: UpstreamClient,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Wake-ups.
+    pub signals: Arc<Signals>,
+    /// Webhook delivery.
+    pub webhooks: Arc<Webhooks>,
+}
+
+type Completion = (Finish, oneshot::Sender<bool>);
+
+/// One worker process's share of the queue.
+pub struct Worker {
+    deps: WorkerDeps,
+    owner: String,
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    capacity: Arc<Semaphore>,
+    completions: mpsc::Sender<Completion>,
+}
+
+/// How an attempt ended, before the retry policy is applied.
+enum Attempt {
+    Succeeded(String),
+    Retryable(JobError),
+    Fatal(JobError),
+    Canceled,
+}
+
+impl Worker {
+    /// A worker with a fresh owner id; answers it and the completer's input.
+    fn new(deps: WorkerDeps) -> (Arc<Worker>, mpsc::Receiver<Completion>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let capacity = Arc::new(Semaphore::new(
+            deps.config.async_queue.worker_concurrency as usize,
+        ));
+        let worker = Arc::new(Worker {
+            owner: format!("w-{}", new_id(12)),
+            deps,
+            running: Mutex::new(HashMap::new()),
+            capacity,
+            completions: tx,
+        });
+        (worker, rx)
+    }
+
+    /// Runs every loop until `shutdown` resolves, then lets running
+    /// attempts finish (up to the drain timeout).
+    pub async fn run(deps: WorkerDeps, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (worker, completions) = Worker::new(deps);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tracing::info!(worker = %worker.owner, "async worker started");
+        let d = &worker.deps;
+        let poll = Duration::from_millis(d.config.async_queue.poll_ms);
+        let mut tasks = vec![
+            tokio::spawn(worker.clone().completer(completions)),
+            tokio::spawn(worker.clone().heartbeat(stop())),
+            tokio::spawn(worker.clone().sweeper(stop())),
+            tokio::spawn(d.webhooks.clone().run(d.signals.clone(), poll, stop())),
+        ];
+        let url = d.config.effective_database_url();
+        if url.starts_with("postgres") {
+            tasks.push(tokio::spawn(listen(url, d.signals.clone())));
+        }
+        let claim = worker.clone().claim_loop(stop());
+        let trigger = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(claim, trigger);
+        let drain = Duration::from_secs(worker.deps.config.drain_timeout_s);
+        let all = worker.deps.config.async_queue.worker_concurrency;
+        match tokio::time::timeout(drain, worker.capacity.acquire_many(all)).await {
+            Ok(_) => tracing::info!(worker = %worker.owner, "async worker drained"),
+            Err(_) => tracing::warn!(
+                worker = %worker.owner,
+                "async worker drain timed out; unfinished jobs will be rescued after their lease"
+            ),
+        }
+        for t in tasks {
+            t.abort();
+        }
+        tracing::info!(worker = %worker.owner, "async worker stopped");
+    }
+
+    async fn claim_loop(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let q = &self.deps.config.async_queue;
+        let poll = Duration::from_millis(q.poll_ms);
+        tokio::pin!(stop);
+        loop {
+            let free = self.capacity.available_permits() as u32;
+            if free == 0 {
+                // Wait for a running attempt to end.
+                tokio::select! {
+                    p = self.capacity.acquire() => drop(p),
+                    _ = &mut stop => return,
+                }
+                continue;
+            }
+            let want = free.min(q.claim_batch);
+            let now = Timestamp::now();
+            let until = Timestamp(now.0 + q.lease_ms as i64);
+            let claimed = match self
+                .deps
+                .store
+                .claim_jobs(&self.owner, now, until, want)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming async jobs failed");
+                    Vec::new()
+                }
+            };
+            let got = claimed.len() as u32;
+            for lease in claimed {
+                let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
+                    break;
+                };
+                let cancel = Arc::new(Notify::new());
+                if let Ok(mut r) = self.running.lock() {
+                    r.insert(lease.job.id.clone(), cancel.clone());
+                }
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.run_job(lease, cancel).await;
+                    drop(permit);
+                });
+            }
+            if got == want {
+                continue;
+            }
+            tokio::select! {
+                _ = self.deps.signals.work.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, lease: Lease, cancel: Arc<Notify>) {
+        let job = &lease.job;
+        let span = tracing::info_span!(
+            "async.attempt",
+            trace_id = %job.id,
+            request_id = %job.id,
+            model = %job.model_id,
+            attempt = job.attempts,
+        );
+        let m = &self.deps.metrics;
+        if job.attempts == 1 {
+            m.async_time_in_queue
+                .get_or_create(&ModelLabels {
+                    model: crate::telemetry::metrics::Label::new(&job.model_id),
+                })
+                .observe((now_ms() - job.created_at.0).max(0) as f64 / 1000.0);
+        }
+        let attempt = async {
+            tokio::select! {
+                biased;
+                _ = cancel.notified() => Attempt::Canceled,
+                a = self.attempt(job) => a,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let mut errors = job.errors.clone();
+        let (outcome, label) = match attempt {
+            Attempt::Succeeded(out) => (Outcome::Succeeded(out), "succeeded"),
+            Attempt::Canceled => (Outcome::Canceled, "canceled"),
+            Attempt::Fatal(e) => {
+                errors.push(e);
+                (Outcome::Failed, "failed")
+            }
+            Attempt::Retryable(e) => {
+                errors.push(e);
+                if job.attempts < job.retry.max_attempts {
+                    let delay = jittered(job.retry.base_delay_ms(job.attempts));
+                    let at = Timestamp(now_ms() + delay as i64);
+                    (Outcome::Retry(at), "retry")
+                } else {
+                    (Outcome::Failed, "failed")
+                }
+            }
+        };
+        m.async_attempt(&job.model_id, label);
+        let retry_at = match &outcome {
+            Outcome::Retry(at) => Some(*at),
+            _ => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let finish = Finish {
+            id: job.id.clone(),
+            token: lease.token,
+            outcome,
+            errors,
+        };
+        let applied =
+            self.completions.send((finish, tx)).await.is_ok() && rx.await.unwrap_or(false);
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&job.id);
+        }
+        let _enter = span.enter();
+        if !applied {
+            tracing::warn!("the lease was lost before the result was recorded; result discarded");
+        } else if let Some(at) = retry_at {
+            tracing::info!(outcome = label, "async attempt will be retried");
+            self.deps.signals.wake_work_at(at);
+        } else {
+            tracing::info!(outcome = label, "async request finished");
+            if job.webhook_url.is_some() {
+                self.deps.signals.deliveries.notify_one();
+            }
+        }
+        // A slot of this version (and of this worker) is free again.
+        self.deps.signals.work.notify_one();
+    }
+
+    /// One call of the model for a job.
+    async fn attempt(&self, job: &AsyncJob) -> Attempt {
+        let target = match self
+            .deps
+            .catalog
+            .resolve(&Selector::Version {
+                version: job.version_id.clone(),
+            })
+            .await
+        {
+            Ok(t) => t,
+            Err(ResolveError::NotFound(m)) => {
+                return Attempt::Fatal(JobError::new(JobErrorCode::ModelNotFound, m))
+            }
+            Err(ResolveError::Store(e)) => {
+                return Attempt::Retryable(JobError::new(JobErrorCode::Internal, e.to_string()))
+            }
+        };
+        // Sync and async calls of this process share the version's slots.
+        let _permit = match &target.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let timeout = Duration::from_millis(target.version.timeout_ms);
+        let traceparent = format!("00-{}-{}-01", job.id, SpanId::generate().to_hex());
+        let request = crate::gateway::build_upstream_request(
+            &target.upstream_uri,
+            &traceparent,
+            &job.id,
+            Bytes::from(job.input.clone()),
+        );
+        let started = tokio::time::Instant::now();
+        let response = match self.deps.upstream.send(request, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.deps
+                    .metrics
+                    .upstream_error(&job.model_id, e.kind.as_str());
+                let code = match e.kind {
+                    UpstreamErrorKind::Timeout => JobErrorCode::UpstreamTimeout,
+                    _ => JobErrorCode::UpstreamError,
+                };
+                let message = match e.kind {
+                    UpstreamErrorKind::Timeout => {
+                        format!("the model did not answer within {} ms", timeout.as_millis())
+                    }
+                    UpstreamErrorKind::Connect => "the model server could not be reached".into(),
+                    UpstreamErrorKind::Reset => "the model server closed the connection".into(),
+                };
+                return Attempt::Retryable(JobError::new(code, message));
+            }
+        };
+        let status = response.status();
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let limit = self.deps.config.max_upstream_response_bytes;
+        let body = match tokio::time::timeout(
+            remaining,
+            http_body_util::Limited::new(response.into_body(), limit).collect(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(_)) => {
+                return Attempt::Retryable(JobError::new(
+                    JobErrorCode::UpstreamError,
+                    "the model's answer was cut off or too large",
+                ))
+            }
+            Err(_) => {
+                return Attempt::Retryable(JobError::new(
+                    JobErrorCode::UpstreamTimeout,
+                    format!("the model did not answer within {} ms", timeout.as_millis()),
+                ))
+            }
+        };
+        if status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            let output = if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                text.into_owned()
+            } else {
+                serde_json::Value::String(text.into_owned()).to_string()
+            };
+            return Attempt::Succeeded(output);
+        }
+        let detail = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
+        let error = JobError::new(
+            JobErrorCode::UpstreamError,
+            format!("the model answered {}: {}", status.as_u16(), detail.trim()),
+        );
+        let kind = if status.is_client_error() {
+            "status_4xx"
+        } else {
+            "status_5xx"
+        };
+        self.deps.metrics.upstream_error(&job.model_id, kind);
+        if status.as_u16() == 429 || status.is_server_error() {
+            Attempt::Retryable(error)
+        } else {
+            Attempt::Fatal(error)
+        }
+    }
+
+    /// Writes outcomes in batches; a batch that cannot be written is tried
+    /// again (the leases are renewed meanwhile, so nothing is rescued).
+    async fn completer(self: Arc<Self>, mut rx: mpsc::Receiver<Completion>) {
+        let retention = self.deps.config.async_queue.retention_s as i64 * 1000;
+        let mut batch: Vec<Completion> = Vec::with_capacity(256);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let items: Vec<Finish> = batch.iter().map(|(f, _)| f.clone()).collect();
+            let mut backoff = Duration::from_millis(50);
+            let applied = loop {
+                let now = Timestamp::now();
+                match self
+                    .deps
+                    .store
+                    .finish_jobs(&items, now, Timestamp(now.0 + retention))
+                    .await
+                {
+                    Ok(a) => break a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, jobs = items.len(), "recording async outcomes failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            for ((_, ack), ok) in batch.drain(..).zip(applied) {
+                let _ = ack.send(ok);
+            }
+        }
+    }
+
+    /// Renews leases every `heartbeat_ms` (and at once on a cancel signal);
+    /// aborts the attempts whose owners asked for a cancel.
+    async fn heartbeat(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let q = &self.deps.config.async_queue;
+        let period = Duration::from_millis(q.heartbeat_ms);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.deps.signals.cancel.notified() => {}
+                _ = &mut stop => return,
+            }
+            let until = Timestamp(now_ms() + q.lease_ms as i64);
+            match self.deps.store.heartbeat(&self.owner, until).await {
+                Ok(cancels) => {
+                    let Ok(running) = self.running.lock() else {
+                        continue;
+                    };
+                    for id in cancels {
+                        if let Some(n) = running.get(&id) {
+                            n.notify_one();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "async heartbeat failed"),
+            }
+        }
+    }
+
+    /// Deadlines, lost leases, retention and depth gauges. Every worker
+    /// runs one; each step is idempotent.
+    async fn sweeper(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let d = &self.deps;
+        let period = Duration::from_millis(d.config.async_queue.sweep_ms);
+        let retention = d.config.async_queue.retention_s as i64 * 1000;
+        let mut shown: HashSet<QueueLabels> = HashSet::new();
+        let mut round: u64 = 0;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = &mut stop => return,
+            }
+            round += 1;
+            let now = Timestamp::now();
+            let retain = Timestamp(now.0 + retention);
+            match d.store.expire_overdue(now, retain).await {
+                Ok(ids) if !ids.is_empty() => {
+                    for id in &ids {
+                        tracing::info!(trace_id = %id, request_id = %id, "async request expired in the queue");
+                    }
+                    d.signals.deliveries.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiring async jobs failed"),
+            }
+            match d.store.rescue_expired_leases(now, retain).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(jobs = n, "rescued async jobs whose worker lost its lease");
+                    d.signals.work.notify_one();
+                    d.signals.deliveries.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "rescuing async jobs failed"),
+            }
+            if round.is_multiple_of(60) {
+                if let Err(e) = d.store.purge_expired(now).await {
+                    tracing::warn!(error = %e, "purging finished async jobs failed");
+                }
+            }
+            if let Ok(depth) = d.store.depth_by_model().await {
+                let mut seen = HashSet::new();
+                for (model, status, n) in depth {
+                    let l = QueueLabels {
+                        model,
+                        status: status.as_str().to_owned(),
+                    };
+                    d.metrics.async_queue_depth.get_or_create(&l).set(n as i64);
+                    seen.insert(l);
+                }
+                for gone in shown.difference(&seen) {
+                    d.metrics.async_queue_depth.get_or_create(gone).set(0);
+                }
+                shown = seen;
+            }
+        }
+    }
+}
+
+/// A backoff delay with jitter: uniformly within `[0.8 × base, base]`, so
+/// it never exceeds the configured cap.
+pub fn jittered(base_ms: u64) -> u64 {
+    let spread = base_ms / 5;
+    if spread == 0 {
+        return base_ms;
+    }
+    base_ms - rand::thread_rng().gen_range(0..=spread)
+}
+
+async fn listen(url: String, signals: Arc<Signals>) {
+    loop {
+        let s = signals.clone();
+        let result = warder_store::listen_queue_events(&url, move |e| match e {
+            warder_store::QueueEvent::Work => s.work.notify_one(),
+            warder_store::QueueEvent::Cancel => s.cancel.notify_one(),
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "queue LISTEN connection failed; polling until it is back");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_band() {
+        for _ in 0..1000 {
+            let d = jittered(1000);
+            assert!((800..=1000).contains(&d), "{d}");
+        }
+        assert_eq!(jittered(0), 0);
+    }
+}
