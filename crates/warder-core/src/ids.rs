@@ -30,6 +30,15 @@ pub fn new_id(len: usize) -> String {
         .collect()
 }
 
+/// Lowercase hex of `bytes`, one allocation and no per-char iteration (ids
+/// are formatted several times per request).
+fn hex_lower(bytes: &[u8]) -> String {
+    let mut buf = vec![0u8; bytes.len() * 2];
+    // Cannot fail: the buffer is exactly twice the input length.
+    let _ = hex::encode_to_slice(bytes, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 /// The public part of an API key (`wdr_<id>_…`): safe to log and to store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
@@ -158,7 +167,7 @@ impl RequestId {
 
     /// The id as 32 lowercase hex characters.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        hex_lower(&self.0)
     }
 }
 
@@ -196,7 +205,7 @@ impl SpanId {
 
     /// The id as 16 lowercase hex characters.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        hex_lower(&self.0)
     }
 }
 

@@ -6,6 +6,12 @@ use std::io::Write;
 use warder::cli::{Cli, Command, ConfigCommand};
 use warder::App;
 
+// The request path allocates many small, short-lived buffers (headers,
+// bodies, log lines); mimalloc serves them markedly cheaper than glibc's
+// malloc, which showed as ~11 % of the gateway's CPU in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

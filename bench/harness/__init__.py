@@ -1,0 +1,1 @@
+"""The warder benchmark harness (driven by bench/bench.py; stdlib only)."""
