@@ -153,7 +153,7 @@ async fn run(
     };
     state
         .usage
-        .record(&principal.user_id, &principal.key_id, &target.model.id);
+        .record(&principal.user_id, &principal.key_id, &target.model_label.0);
     let sent = state
         .upstream
         .send_buffered(

@@ -1,43 +1,48 @@
 //! Usage counting off the hot path, and daily/monthly quotas.
 //!
-//! A request only sends an event into a channel; a background task sums the
-//! events and writes them to the store once a second (and at shutdown), so a
-//! slow database never slows a predict. Quotas keep in-memory counters per
-//! key × model × period, seeded once from the store when a period is first
-//! seen.
+//! A request only adds one to an in-memory counter (a short, uncontended
+//! mutex, never held across `.await`); a background task takes the counters
+//! and writes them to the store once a second (and at shutdown), so a slow
+//! database never slows a predict, and a request wakes no other task. Quotas
+//! keep in-memory counters per key × model × period, seeded once from the
+//! store when a period is first seen.
 
 use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use warder_core::{Store, StoreError, UsageKey};
 
-/// One answered call.
-#[derive(Debug)]
-struct UsageEvent {
-    user_id: Arc<str>,
-    key_id: Arc<str>,
-    model_id: String,
-}
+/// Calls counted but not yet written: (user, key, model, UTC day number).
+type Pending = HashMap<(Arc<str>, Arc<str>, Arc<str>, i64), u64>;
 
-/// The sending side, held by request handlers.
+/// At most this many distinct counters wait for the writer; beyond it a call
+/// is not counted (with a warning) rather than memory growing without bound
+/// while the store is down.
+const MAX_PENDING: usize = 1_000_000;
+
+/// The counting side, held by request handlers; cheap to clone.
 #[derive(Clone)]
 pub struct UsageRecorder {
-    tx: mpsc::Sender<UsageEvent>,
+    pending: Arc<Mutex<Pending>>,
 }
 
-/// The receiving side, run as a background task by the app.
+/// The writing side, run as a background task by the app.
 pub struct UsageWriter {
-    rx: mpsc::Receiver<UsageEvent>,
+    pending: Arc<Mutex<Pending>>,
     store: Arc<dyn Store>,
 }
 
 /// A recorder and the writer that drains it.
 pub fn usage_channel(store: Arc<dyn Store>) -> (UsageRecorder, UsageWriter) {
-    let (tx, rx) = mpsc::channel(65_536);
-    (UsageRecorder { tx }, UsageWriter { rx, store })
+    let pending = Arc::new(Mutex::new(HashMap::new()));
+    (
+        UsageRecorder {
+            pending: pending.clone(),
+        },
+        UsageWriter { pending, store },
+    )
 }
 
 /// Today as `YYYY-MM-DD` (UTC).
@@ -45,65 +50,81 @@ pub fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
 
+fn day_number(now_ms: i64) -> i64 {
+    now_ms.div_euclid(86_400_000)
+}
+
+fn day_text(day: i64) -> String {
+    chrono::DateTime::from_timestamp(day * 86_400, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(today)
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // Counters are plain integers: a panic elsewhere cannot leave them torn.
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl UsageRecorder {
-    /// Counts one call; drops the event (with a warning) if the writer lags
-    /// far behind, rather than slowing the request.
-    pub fn record(&self, user_id: &Arc<str>, key_id: &Arc<str>, model_id: &str) {
-        let event = UsageEvent {
-            user_id: user_id.clone(),
-            key_id: key_id.clone(),
-            model_id: model_id.to_owned(),
-        };
-        if self.tx.try_send(event).is_err() {
-            tracing::warn!("usage channel full; a call was not counted");
+    /// Counts one call on the current UTC day.
+    pub fn record(&self, user_id: &Arc<str>, key_id: &Arc<str>, model_id: &Arc<str>) {
+        let day = day_number(warder_core::now_ms());
+        let mut pending = lock(&self.pending);
+        let key = (user_id.clone(), key_id.clone(), model_id.clone(), day);
+        if let Some(n) = pending.get_mut(&key) {
+            *n += 1;
+        } else if pending.len() < MAX_PENDING {
+            pending.insert(key, 1);
+        } else {
+            drop(pending);
+            tracing::warn!("too many usage counters waiting for the store; a call was not counted");
         }
     }
 }
 
 impl UsageWriter {
-    /// Writes batches every second until every recorder is dropped or
-    /// `shutdown` fires; then writes what is left.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Writes the counters every second until `shutdown` fires; then writes
+    /// what is left.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut pending: HashMap<UsageKey, u64> = HashMap::new();
         loop {
             tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(e) => add(&mut pending, e),
-                    None => break,
-                },
-                _ = tick.tick() => self.flush(&mut pending).await,
+                _ = tick.tick() => self.flush().await,
                 _ = &mut shutdown => break,
             }
         }
-        while let Ok(e) = self.rx.try_recv() {
-            add(&mut pending, e);
-        }
-        self.flush(&mut pending).await;
+        self.flush().await;
         tracing::info!("usage writer stopped");
     }
 
-    async fn flush(&self, pending: &mut HashMap<UsageKey, u64>) {
-        if pending.is_empty() {
+    async fn flush(&self) {
+        let taken = std::mem::take(&mut *lock(&self.pending));
+        if taken.is_empty() {
             return;
         }
-        let batch: Vec<(UsageKey, u64)> = pending.drain().collect();
+        let batch: Vec<(UsageKey, u64)> = taken
+            .iter()
+            .map(|((user, key, model, day), n)| {
+                (
+                    UsageKey {
+                        user_id: user.to_string(),
+                        key_id: key.to_string(),
+                        model_id: model.to_string(),
+                        day: day_text(*day),
+                    },
+                    *n,
+                )
+            })
+            .collect();
         if let Err(e) = self.store.add_usage(&batch).await {
             tracing::warn!(error = %e, "usage not written; will retry");
-            pending.extend(batch);
+            let mut pending = lock(&self.pending);
+            for (k, n) in taken {
+                *pending.entry(k).or_default() += n;
+            }
         }
     }
-}
-
-fn add(pending: &mut HashMap<UsageKey, u64>, e: UsageEvent) {
-    let key = UsageKey {
-        user_id: e.user_id.to_string(),
-        key_id: e.key_id.to_string(),
-        model_id: e.model_id,
-        day: today(),
-    };
-    *pending.entry(key).or_default() += 1;
 }
 
 /// Which quota was exhausted.
@@ -194,4 +215,39 @@ pub enum QuotaRefusal {
     /// The store could not be asked for the period's usage.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_numbers_render_as_utc_dates() {
+        // 2026-02-28T23:59:59.999Z and the next millisecond.
+        let before = 1_772_323_199_999;
+        assert_eq!(day_text(day_number(before)), "2026-02-28");
+        assert_eq!(day_text(day_number(before + 1)), "2026-03-01");
+        assert_eq!(day_text(day_number(0)), "1970-01-01");
+    }
+
+    #[test]
+    fn calls_are_summed_per_user_key_model_and_day() {
+        let pending = Arc::new(Mutex::new(HashMap::new()));
+        let recorder = UsageRecorder {
+            pending: pending.clone(),
+        };
+        let (u, k, m1, m2): (Arc<str>, Arc<str>, Arc<str>, Arc<str>) =
+            ("u".into(), "k".into(), "m1".into(), "m2".into());
+        for _ in 0..3 {
+            recorder.record(&u, &k, &m1);
+        }
+        recorder.record(&u, &k, &m2);
+        let pending = lock(&pending);
+        let mut counts: Vec<(String, u64)> = pending
+            .iter()
+            .map(|((_, _, m, _), n)| (m.to_string(), *n))
+            .collect();
+        counts.sort();
+        assert_eq!(counts, vec![("m1".to_owned(), 3), ("m2".to_owned(), 1)]);
+    }
 }

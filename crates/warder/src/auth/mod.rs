@@ -9,6 +9,7 @@
 use crate::cluster::authcache::AuthL2;
 use crate::telemetry::metrics::{CacheLabels, Metrics};
 use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use warder_core::{now_ms, ApiKey, KeyId, KeyRecord, Scope, Store, StoreError};
@@ -64,6 +65,11 @@ pub struct AuthService {
     cache: Cache<KeyId, Arc<Cached>>,
     l2: Option<AuthL2>,
     metrics: Arc<Metrics>,
+    /// `warder_auth_cache_total{result="hit"}`, resolved once: counted on
+    /// every request.
+    hits: Counter,
+    /// `warder_auth_cache_total{result="miss"}`.
+    misses: Counter,
 }
 
 impl AuthService {
@@ -76,6 +82,8 @@ impl AuthService {
                 .time_to_live(ttl)
                 .build(),
             l2: None,
+            hits: cache_counter(&metrics, "hit"),
+            misses: cache_counter(&metrics, "miss"),
             metrics,
         }
     }
@@ -134,11 +142,11 @@ impl AuthService {
     pub async fn authenticate(&self, key: &ApiKey) -> Result<Arc<Principal>, AuthError> {
         let cached = match self.cache.get(key.id()) {
             Some(c) => {
-                self.count("hit");
+                self.hits.inc();
                 c
             }
             None => {
-                self.count("miss");
+                self.misses.inc();
                 let found = match self.load(key.id()).await? {
                     Some(record) => {
                         let principal = Arc::new(principal_of(&record));
@@ -180,14 +188,15 @@ impl AuthService {
         self.cache.invalidate_all();
     }
 
-    fn count(&self, result: &str) {
-        self.metrics
-            .auth_cache
-            .get_or_create(&CacheLabels {
-                result: result.to_owned(),
-            })
-            .inc();
-    }
+}
+
+fn cache_counter(metrics: &Metrics, result: &str) -> Counter {
+    metrics
+        .auth_cache
+        .get_or_create(&CacheLabels {
+            result: result.to_owned(),
+        })
+        .clone()
 }
 
 fn principal_of(record: &KeyRecord) -> Principal {

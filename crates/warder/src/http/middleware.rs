@@ -10,6 +10,7 @@ use crate::auth::{AuthError, AuthService, Principal};
 use crate::gateway::RequestFacts;
 use crate::http::error::ApiError;
 use crate::state::SharedState;
+use crate::telemetry::access::{self, AccessRecord};
 use crate::telemetry::metrics::{RequestLabels, RouteLabels};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
@@ -100,19 +101,17 @@ pub async fn request_context(
             .get_or_create(&route_labels)
             .observe(elapsed.saturating_sub(u).as_secs_f64());
     }
-    tracing::info!(
-        target: "warder::access",
-        request_id = %request_id,
-        method = %method,
-        route = &*route.0,
+    access::log(&AccessRecord {
+        request_id: &request_id,
+        method: method.as_str(),
+        route: &route.0,
         status,
-        key_id = key_id.as_deref().unwrap_or(""),
-        model = &*model.0,
+        key_id: key_id.as_deref().unwrap_or(""),
+        model: &model.0,
         version,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
-        "request"
-    );
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
+    });
     response
 }
 

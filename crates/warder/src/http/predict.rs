@@ -5,9 +5,7 @@ use crate::catalog::Selector;
 use crate::gateway::{self, PredictCall};
 use crate::state::SharedState;
 use crate::telemetry::trace::TraceContext;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -49,9 +47,10 @@ async fn run(
     caller: Caller,
     selector: Selector,
     internal: bool,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // Taken apart, not cloned: the headers move into the call.
+    let (parts, body) = request.into_parts();
     gateway::predict(
         &state,
         PredictCall {
@@ -59,7 +58,7 @@ async fn run(
             trace: caller.trace,
             selector,
             internal,
-            headers,
+            headers: parts.headers,
             body,
         },
     )
@@ -85,8 +84,7 @@ async fn model_predict(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -96,8 +94,7 @@ async fn model_predict(
         },
         production(model),
         false,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -111,8 +108,7 @@ async fn env_predict(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path((model, env)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -122,8 +118,7 @@ async fn env_predict(
         },
         Selector::Environment { model, env },
         false,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -137,8 +132,7 @@ async fn version_predict(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path(version): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -148,8 +142,7 @@ async fn version_predict(
         },
         Selector::Version { version },
         false,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -163,8 +156,7 @@ async fn model_predict_internal(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -174,8 +166,7 @@ async fn model_predict_internal(
         },
         production(model),
         true,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -189,8 +180,7 @@ async fn version_predict_internal(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path(version): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -200,8 +190,7 @@ async fn version_predict_internal(
         },
         Selector::Version { version },
         true,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -215,8 +204,7 @@ async fn model_version_predict_internal(
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
     Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     run(
         s,
@@ -226,8 +214,7 @@ async fn model_version_predict_internal(
         },
         Selector::ModelVersion { model, version },
         true,
-        headers,
-        body,
+        request,
     )
     .await
 }

@@ -254,7 +254,7 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
             state.usage.record(
                 &call.principal.user_id,
                 &call.principal.key_id,
-                &target.model.id,
+                &target.model_label.0,
             );
             state.signals.work.notify_one();
             tracing::info!(trace_id = %id, model = %target.model.id, "async request queued");

@@ -2,6 +2,8 @@
 //!
 //! Nothing here decides what a request does; it only records what happened.
 
+pub mod access;
+pub mod logwriter;
 pub mod metrics;
 pub mod trace;
 
@@ -15,15 +17,13 @@ pub struct LogGuard(
         dead_code,
         reason = "held only for its Drop, which flushes the log writer"
     )]
-    tracing_appender::non_blocking::WorkerGuard,
+    logwriter::BatchGuard,
 );
 
-/// Installs the global log subscriber. Lines are written by a background
-/// thread so that a slow stdout never stalls a request.
+/// Installs the global log subscriber. Lines are written in batches by a
+/// background thread so that a slow stdout never stalls a request.
 pub fn init_logging(config: &Config) -> LogGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .finish(std::io::stdout());
+    let (writer, guard) = logwriter::BatchWriter::new(std::io::stdout());
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let format = config
         .log_format
@@ -41,9 +41,11 @@ pub fn init_logging(config: &Config) -> LogGuard {
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(writer),
+                    .with_writer(writer.clone()),
             )
-            .try_init(),
+            .try_init()
+            // Access lines go straight to the same writer, in the same shape.
+            .map(|()| access::install_json_sink(writer)),
         LogFormat::Pretty => registry
             .with(fmt::layer().compact().with_writer(writer))
             .try_init(),
