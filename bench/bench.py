@@ -29,8 +29,8 @@ from harness.asyncjobs import CeleryRef, WarderAsync, detect, fresh_pg_database 
 from harness.loadgen import LoadError, Oha, Wrk  # noqa: E402
 from harness.procs import Procs, core_busy_seconds, cpu_seconds, status_kib  # noqa: E402
 from harness.targets import (  # noqa: E402
-    Target, Unavailable, check_warder, configure_warder, log_lines, start_litellm, start_nginx,
-    start_upstream, start_warder)
+    FLOOR_LABEL, Target, Unavailable, check_warder, configure_warder, log_lines,
+    start_bare_proxy, start_litellm, start_nginx, start_upstream, start_warder)
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -47,6 +47,9 @@ def parse_args(argv):
                    help="measure nothing: recompute figures and tables from a result file "
                         "and rewrite results/latest.* (and the README block for a full run)")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--bare-proxy", default=None,
+                   help="bench-upstream's bare-proxy binary: the HTTP stack's floor "
+                        "(skipped without it)")
     p.add_argument("--wrk", default=shutil.which("wrk"))
     p.add_argument("--oha", default=None, help="oha binary (fixed-rate runs are skipped without it)")
     p.add_argument("--venv", default=os.path.join(BENCH, ".venv"),
@@ -63,7 +66,7 @@ def parse_args(argv):
     p.add_argument("--sut-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--skip", default="",
-                   help="comma-separated: nginx,litellm,async,celery,pg,open")
+                   help="comma-separated: nginx,floor,litellm,async,celery,pg,open")
     p.add_argument("--pg-url", default=os.environ.get(
         "WARDER_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL server for the async PostgreSQL scenario")
@@ -178,6 +181,19 @@ class Bench:
                                            ng.url, None, ng))
             except (Unavailable, OSError) as e:
                 self.unavailable["nginx"] = str(e)
+
+        if "floor" in a.skip or not a.bare_proxy:
+            self.unavailable["floor"] = ("skipped (--skip floor)" if "floor" in a.skip
+                                         else "no --bare-proxy binary given")
+        else:
+            self.say("starting the bare hyper proxy (floor)")
+            try:
+                fl = start_bare_proxy(self.procs, a.bare_proxy, a.sut_core, self.tmp,
+                                      self.upstream)
+                self.services["floor"] = fl
+                self.targets.append(Target("floor", FLOOR_LABEL, fl.url, None, fl))
+            except (Unavailable, OSError) as e:
+                self.unavailable["floor"] = str(e)
 
         self.say("starting warder")
         w = start_warder(self.procs, a.warder, a.sut_core, self.tmp)

@@ -96,7 +96,7 @@ fi
 log "building warder (release) in $CARGO_TARGET_DIR"
 (cd "$ROOT" && timeout 3000 cargo build --release -p warder)
 log "building the fake upstream (release)"
-(cd "$BENCH/upstream" && timeout 1200 cargo build --release --locked)
+(cd "$BENCH/upstream" && timeout 1200 cargo build --release --locked --bins)
 
 # 5. Measure. bench.py ends every process it started on exit or signal.
 if [[ $QUICK -eq 1 ]]; then BUDGET=900; else BUDGET=4500; fi
@@ -104,6 +104,7 @@ log "running bench.py"
 exec timeout "$BUDGET" python3 "$BENCH/bench.py" \
   --warder "$CARGO_TARGET_DIR/release/warder" \
   --upstream "$CARGO_TARGET_DIR/release/bench-upstream" \
+  --bare-proxy "$CARGO_TARGET_DIR/release/bare-proxy" \
   --nginx "$NGINX" \
   ${OHA:+--oha "$OHA"} \
   --venv "$VENV" \

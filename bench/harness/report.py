@@ -92,7 +92,7 @@ def figures(res):
         x, y = (c.get(a) or {}).get(key), (c.get(b) or {}).get(key)
         return x / y if x and y else None
 
-    for ref in ("nginx", "litellm"):
+    for ref in ("nginx", "floor", "litellm"):
         fig["ratios"][f"warder/{ref}"] = {
             "throughput": ratio("warder", ref, "rps"),
             "cpu_per_request": ratio("warder", ref, "cpu_ms_per_1k"),

@@ -154,6 +154,30 @@ def start_nginx(procs, binary, core, tmp, upstream, access_log=True):
     return svc
 
 
+FLOOR_LABEL = "bare hyper proxy (stack floor: no auth, limits, metrics or log)"
+
+
+def start_bare_proxy(procs, binary, core, tmp, upstream):
+    """bench-upstream's `bare-proxy`: warder's HTTP stack (tokio, hyper server,
+    hyper-util pooled client) with nothing of warder's own on top. What it costs
+    is the floor any gateway on this stack pays; warder minus floor is what
+    warder's features cost."""
+    out_path = os.path.join(tmp, "bare-proxy.out")
+    port = free_port()
+    with open(out_path, "wb") as out:
+        p = procs.start("bare-proxy", [binary, f"127.0.0.1:{port}", upstream.url], core=core,
+                        stdout=out, stderr=_log_file(tmp, "bare-proxy"))
+    svc = Service("floor", p)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    started = time.monotonic()
+    if not wait_until(lambda: http_call("POST", url, REQUEST_BODY, JSON, timeout=1)[0] == 200, 10,
+                      proc=p):
+        raise Unavailable(f"the bare proxy did not answer: {_tail(out_path)}")
+    svc.startup_ms = (time.monotonic() - started) * 1000
+    svc.url = url
+    return svc
+
+
 def _alnum(n, alphabet=string.ascii_lowercase + string.digits):
     return "".join(secrets.choice(alphabet) for _ in range(n))
 

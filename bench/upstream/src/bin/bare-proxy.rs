@@ -28,10 +28,12 @@ fn main() -> std::io::Result<()> {
         .ok_or_else(|| bad("UPSTREAM_URL missing"))?
         .parse()
         .map_err(|_| bad("UPSTREAM_URL invalid"))?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(addr, upstream))
+    let mut rt = if std::env::var_os("BARE_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    rt.enable_all().build()?.block_on(serve(addr, upstream))
 }
 
 async fn serve(addr: SocketAddr, upstream: hyper::Uri) -> std::io::Result<()> {
