@@ -391,6 +391,17 @@ pub trait JobQueue: Send + Sync {
     /// Stores a new job, or finds the owner's earlier one with the same
     /// idempotency key.
     async fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued>;
+    /// Stores several new jobs in one transaction (group commit), with one
+    /// answer per job in order, each as [`JobQueue::enqueue_job`] gives it.
+    /// An `Err` of the whole call means none was stored. The default calls
+    /// `enqueue_job` for each; backends override it to commit once.
+    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.enqueue_job(job).await);
+        }
+        Ok(out)
+    }
     /// Reads one job.
     async fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>>;
     /// Lists jobs, newest first.

@@ -254,6 +254,64 @@ impl SqlStore {
         Ok(out)
     }
 
+    /// Inserts one job unless it collides with a unique index (the owner's
+    /// idempotency key); `false` then. `DO NOTHING` instead of catching the
+    /// error, because a failed statement aborts a PostgreSQL transaction and
+    /// the batch around it.
+    async fn insert_job(conn: &mut sqlx::AnyConnection, job: &NewJob) -> StoreResult<bool> {
+        let webhook_status = if job.webhook_url.is_some() {
+            WebhookStatus::Pending
+        } else {
+            WebhookStatus::NoWebhookProvided
+        };
+        let done = sqlx::query(
+            "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
+             webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
+             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, lease_token, \
+             cancel_requested, webhook_attempts) \
+             VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, NULL, '[]', 0, $10, $11, $12, $13, \
+             $14, $15, $14, 0, 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.user_id)
+        .bind(&job.key_id)
+        .bind(&job.model_id)
+        .bind(&job.version_id)
+        .bind(webhook_status.as_str())
+        .bind(&job.webhook_url)
+        .bind(i64::from(job.priority))
+        .bind(&job.input)
+        .bind(i64::from(job.retry.max_attempts))
+        .bind(job.retry.initial_delay_ms as i64)
+        .bind(job.retry.max_delay_ms as i64)
+        .bind(&job.idempotency_key)
+        .bind(job.created_at.0)
+        .bind(job.queue_deadline.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// What a job that was not inserted is: the owner's earlier job with the
+    /// same idempotency key, else a conflict (an id collision).
+    async fn existing_job(conn: &mut sqlx::AnyConnection, job: &NewJob) -> StoreResult<Enqueued> {
+        let Some(key) = &job.idempotency_key else {
+            return Err(StoreError::Conflict(format!("async request '{}'", job.id)));
+        };
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM async_jobs WHERE user_id = $1 AND idempotency_key = $2",
+        )
+        .bind(&job.user_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        existing
+            .map(Enqueued::Existing)
+            .ok_or_else(|| StoreError::Conflict(format!("idempotency key of '{}'", job.id)))
+    }
+
     async fn finish_one(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -306,54 +364,26 @@ impl SqlStore {
 #[async_trait]
 impl JobQueue for SqlStore {
     async fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued> {
-        let webhook_status = if job.webhook_url.is_some() {
-            WebhookStatus::Pending
-        } else {
-            WebhookStatus::NoWebhookProvided
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
-             webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
-             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, lease_token, \
-             cancel_requested, webhook_attempts) \
-             VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, NULL, '[]', 0, $10, $11, $12, $13, \
-             $14, $15, $14, 0, 0, 0)",
-        )
-        .bind(&job.id)
-        .bind(&job.user_id)
-        .bind(&job.key_id)
-        .bind(&job.model_id)
-        .bind(&job.version_id)
-        .bind(webhook_status.as_str())
-        .bind(&job.webhook_url)
-        .bind(i64::from(job.priority))
-        .bind(&job.input)
-        .bind(i64::from(job.retry.max_attempts))
-        .bind(job.retry.initial_delay_ms as i64)
-        .bind(job.retry.max_delay_ms as i64)
-        .bind(&job.idempotency_key)
-        .bind(job.created_at.0)
-        .bind(job.queue_deadline.0)
-        .execute(self.pool())
-        .await
-        .map_err(map_err);
-        match (inserted, &job.idempotency_key) {
-            (Ok(_), _) => Ok(Enqueued::Created(job.id)),
-            (Err(StoreError::Conflict(m)), Some(key)) => {
-                let existing: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM async_jobs WHERE user_id = $1 AND idempotency_key = $2",
-                )
-                .bind(&job.user_id)
-                .bind(key)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(map_err)?;
-                existing
-                    .map(Enqueued::Existing)
-                    .ok_or(StoreError::Conflict(m))
+        let mut results = self.enqueue_jobs(vec![job]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Other("no answer for an enqueued job".into())))
+    }
+
+    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        // One transaction for the batch: each page of the table and of its
+        // indexes is written once per commit instead of once per job.
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if Self::insert_job(&mut tx, &job).await? {
+                out.push(Ok(Enqueued::Created(job.id)));
+            } else {
+                out.push(Self::existing_job(&mut tx, &job).await);
             }
-            (Err(e), _) => Err(e),
         }
+        tx.commit().await.map_err(map_err)?;
+        Ok(out)
     }
 
     async fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>> {

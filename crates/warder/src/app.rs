@@ -16,6 +16,7 @@ use crate::control::ControlPlane;
 use crate::demo::{self, DemoKeys};
 use crate::http;
 use crate::queue::worker::{Worker, WorkerDeps};
+use crate::queue::submit::Submitter;
 use crate::queue::Signals;
 use crate::ratelimit::LocalRateLimiter;
 use crate::server::{self, ServeOptions};
@@ -150,6 +151,7 @@ impl App {
             control,
             redis,
             signals: Arc::new(Signals::default()),
+            submitter: Submitter::start(store.clone()),
             webhooks,
         });
 

@@ -5,6 +5,7 @@ use crate::catalog::Catalog;
 use crate::cluster::RedisLink;
 use crate::config::Config;
 use crate::control::ControlPlane;
+use crate::queue::submit::Submitter;
 use crate::queue::Signals;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub redis: Option<RedisLink>,
     /// Wake-ups of the async worker loops of this process.
     pub signals: Arc<Signals>,
+    /// Async submits, stored in group commits.
+    pub submitter: Submitter,
     /// Webhook secrets, the SSRF guard and delivery.
     pub webhooks: Arc<Webhooks>,
 }

@@ -7,6 +7,7 @@
 //! [`worker`]'s job; the two meet only through the store and the wake-up
 //! [`Signals`]. A request of another user is reported as not found.
 
+pub mod submit;
 pub mod worker;
 
 use crate::auth::Principal;
@@ -249,7 +250,7 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
         created_at: now,
         queue_deadline: Timestamp(now.0 + queue_s * 1000),
     };
-    let submitted = match state.store.enqueue_job(job).await? {
+    let submitted = match state.submitter.enqueue(job).await? {
         Enqueued::Created(id) => {
             state.usage.record(
                 &call.principal.user_id,
