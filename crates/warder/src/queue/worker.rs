@@ -35,6 +35,10 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::Instrument;
 use warder_core::*;
 
+/// How long the claim loop lets freed slots gather while jobs are waiting
+/// (short against the queue-latency budget of 50 ms).
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// What a worker needs from the process it runs in.
 #[derive(Clone)]
 pub struct WorkerDeps {
@@ -138,9 +142,13 @@ impl Worker {
     async fn claim_loop(self: Arc<Self>, stop: impl Future<Output = ()>) {
         let q = &self.deps.config.async_queue;
         let poll = Duration::from_millis(q.poll_ms);
+        // Under a backlog, a claim for the one slot an attempt just freed is
+        // a whole transaction for one job: gather a few freed slots first.
+        let gather = (q.claim_batch.min(q.worker_concurrency) / 4).max(1);
+        let mut backlog = false;
         tokio::pin!(stop);
         loop {
-            let free = self.capacity.available_permits() as u32;
+            let mut free = self.capacity.available_permits() as u32;
             if free == 0 {
                 // Wait for a running attempt to end.
                 tokio::select! {
@@ -148,6 +156,16 @@ impl Worker {
                     _ = &mut stop => return,
                 }
                 continue;
+            }
+            if backlog && free < gather {
+                tokio::select! {
+                    _ = tokio::time::sleep(CLAIM_GATHER) => {}
+                    _ = &mut stop => return,
+                }
+                free = self.capacity.available_permits() as u32;
+                if free == 0 {
+                    continue;
+                }
             }
             let want = free.min(q.claim_batch);
             let now = Timestamp::now();
@@ -165,6 +183,7 @@ impl Worker {
                 }
             };
             let got = claimed.len() as u32;
+            backlog = got == want;
             for lease in claimed {
                 let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
                     break;
