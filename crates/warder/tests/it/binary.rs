@@ -1,5 +1,6 @@
 //! The built binary: `serve --demo` from an empty data dir prints a curl line
-//! that works, and no clear key reaches the logs or the data dir.
+//! that works, no clear key reaches the logs or the data dir, and every
+//! request writes exactly one JSON access-log line.
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
@@ -191,4 +192,150 @@ fn demo_curl_line_works_and_keys_stay_secret() {
         lines.iter().all(|l| !l.contains(&fresh)),
         "a created key never reaches the output"
     );
+}
+
+/// The JSON access lines of `lines` that carry `request_id`.
+fn access_lines_of(lines: &[String], request_id: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "warder::access" && v["request_id"] == request_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_writes_exactly_one_access_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let running = start(&dir.path().join("data"), port);
+    let admin_key = wait_for_line(&running, "  admin key: ")
+        .trim_start_matches("  admin key: ")
+        .to_owned();
+    wait_for_line(&running, "curl ");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+
+    // A key made now, never printed: no line of output may ever hold it.
+    let (_, users) = call(
+        &client,
+        "GET",
+        &format!("{base}/admin/users"),
+        &admin_key,
+        None,
+    )
+    .await;
+    let demo_user = users["users"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == "demo"))
+        .and_then(|u| u["id"].as_str())
+        .unwrap_or_else(|| panic!("no demo user in {users}"))
+        .to_owned();
+    let (s, created) = call(
+        &client,
+        "POST",
+        &format!("{base}/admin/users/{demo_user}/keys"),
+        &admin_key,
+        Some(json!({"name": "logged"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let key = created["key"].as_str().expect("clear key").to_owned();
+    let key_id = created["id"].as_str().expect("key id").to_owned();
+
+    // (path, key, status, whether a model answered)
+    let cases = [
+        ("/models/echo/predict", key.as_str(), 200, true),
+        ("/models/sentiment/predict", key.as_str(), 200, true),
+        ("/models/echo/predict", key.as_str(), 200, true),
+        ("/models/no-such-model/predict", key.as_str(), 404, false),
+        ("/models/echo/predict", "", 401, false),
+    ];
+    let mut sent = Vec::new();
+    for (path, k, status, answered) in cases {
+        let mut req = client
+            .post(format!("{base}{path}"))
+            .json(&json!({"text": "a good day"}));
+        if !k.is_empty() {
+            req = req.header("Authorization", format!("Api-Key {k}"));
+        }
+        let resp = req.send().await.expect("sent");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let rid = resp.headers()["x-request-id"]
+            .to_str()
+            .expect("request id")
+            .to_owned();
+        let body: Value = resp.json().await.expect("json body");
+        sent.push((rid, status, answered, k.is_empty(), body));
+    }
+    let ids: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "request ids are distinct: {ids:?}");
+
+    // Lines are written in batches by a background thread: wait until every
+    // request has its line, then a little longer so a late duplicate shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = running.output.lock().map(|o| o.clone()).expect("output");
+        if ids.iter().all(|id| !access_lines_of(&lines, id).is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "access lines missing: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = running.output.lock().map(|o| o.clone()).expect("output");
+
+    for (rid, status, answered, anonymous, body) in &sent {
+        let found = access_lines_of(&lines, rid);
+        assert_eq!(found.len(), 1, "{rid}: {found:?}");
+        let line = &found[0];
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["method"], "POST", "{line}");
+        assert_eq!(line["route"], "/models/{model}/predict", "{line}");
+        assert_eq!(line["status"], *status, "{line}");
+        let expected_key = if *anonymous { "" } else { key_id.as_str() };
+        assert_eq!(line["key_id"], expected_key, "{line}");
+        let latency = line["latency_ms"].as_f64().expect("latency_ms");
+        assert!(latency >= 0.0, "{line}");
+        if *answered {
+            assert_eq!(line["model"], body["model_id"], "{line}");
+            assert_eq!(line["version"], body["model_version_id"], "{line}");
+            let upstream = line["upstream_ms"].as_f64().expect("upstream_ms");
+            assert!(upstream >= 0.0 && upstream <= latency, "{line}");
+        } else {
+            assert_eq!(line["model"], "", "{line}");
+            assert_eq!(line["version"], "", "{line}");
+            assert!(line.get("upstream_ms").is_none(), "{line}");
+        }
+    }
+    let secret = key.rsplit('_').next().expect("secret");
+    for l in &lines {
+        assert!(!l.contains(secret), "a line holds the clear key: {l}");
+    }
+}
+
+/// An admin JSON call; answers status and body.
+async fn call(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client
+        .request(method, url)
+        .header("Authorization", format!("Api-Key {key}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -1,24 +1,19 @@
-//! Test harness: `spawn_app()` on port 0 over SQLite or PostgreSQL, a fake
-//! model server, and small HTTP helpers. Every test gets its own data dir or
-//! database, so no test depends on another's state.
+//! Test harness: `spawn_app()` on port 0 over SQLite or PostgreSQL, and
+//! small HTTP helpers. Every test gets its own data dir or database, so no
+//! test depends on another's state. The fake model server lives in
+//! `fake_upstream` and is re-exported here.
 
-use axum::body::Body;
-use axum::extract::{Path, Request};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
-use axum::{Json, Router};
-use futures::StreamExt;
+pub use crate::fake_upstream::*;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use warder::state::SharedState;
 use warder::{App, Config};
-use warder_core::ApiKey;
+use warder_core::{ApiKey, Store};
 
 /// Which store a scenario runs on.
 #[derive(Debug, Clone)]
@@ -145,6 +140,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// A gateway whose configuration `tweak` adjusts.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_over(backend, tweak, |store| store).await
+}
+
+/// A gateway over the configured store as `wrap` returns it (tests wrap the
+/// store to observe every call the app makes).
+pub async fn spawn_app_over(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin_key = ApiKey::generate().expose();
     let db = match &backend {
@@ -161,7 +166,10 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     };
     tweak(&mut config);
     let data_dir = config.data_dir.clone();
-    let app = App::build(config).await.expect("app builds");
+    let store = warder::app::open_store(&config).await.expect("store opens");
+    let app = App::build_with_store(config, wrap(Arc::new(store)))
+        .await
+        .expect("app builds");
     let addr = app.public_addr();
     let ops_addr = app.ops_addr();
     let state = app.state();
@@ -406,170 +414,6 @@ pub async fn json_of(resp: reqwest::Response) -> (StatusCode, Value, reqwest::he
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
         headers,
     )
-}
-
-/// What the fake model server saw.
-#[derive(Default)]
-pub struct UpstreamLog {
-    pub calls: AtomicUsize,
-    pub in_flight: AtomicUsize,
-    pub max_in_flight: AtomicUsize,
-    pub last_headers: std::sync::Mutex<Option<HeaderMap>>,
-}
-
-/// A fake model server on a loopback port.
-pub struct FakeUpstream {
-    pub addr: SocketAddr,
-    pub log: Arc<UpstreamLog>,
-}
-
-impl FakeUpstream {
-    /// `http://addr/path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-/// The bytes the `/binary` route answers.
-pub fn binary_payload() -> Vec<u8> {
-    (0..70_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
-
-/// Starts the fake model server.
-pub async fn fake_upstream() -> FakeUpstream {
-    let log = Arc::new(UpstreamLog::default());
-    let l = log.clone();
-    let track = move |headers: &HeaderMap| {
-        l.calls.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut h) = l.last_headers.lock() {
-            *h = Some(headers.clone());
-        }
-    };
-    let t1 = track.clone();
-    let t2 = track.clone();
-    let t3 = track.clone();
-    let slow_log = log.clone();
-    let app = Router::new()
-        .route(
-            "/echo",
-            post(move |headers: HeaderMap, Json(v): Json<Value>| async move {
-                t1(&headers);
-                Json(v)
-            }),
-        )
-        .route(
-            "/inspect",
-            post(move |headers: HeaderMap, body: String| async move {
-                t2(&headers);
-                let h: serde_json::Map<String, Value> = headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
-                    .collect();
-                Json(json!({ "headers": h, "body": body }))
-            }),
-        )
-        .route(
-            "/status/{code}",
-            post(
-                move |headers: HeaderMap, Path(code): Path<u16>| async move {
-                    t3(&headers);
-                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
-                    (
-                        status,
-                        Json(json!({ "detail": format!("upstream says {code}") })),
-                    )
-                },
-            ),
-        )
-        .route(
-            "/text_status/{code}",
-            post(|Path(code): Path<u16>| async move {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
-                (status, "plain failure")
-            }),
-        )
-        .route(
-            "/sleep/{ms}",
-            post(move |Path(ms): Path<u64>| {
-                let log = slow_log.clone();
-                async move {
-                    log.calls.fetch_add(1, Ordering::SeqCst);
-                    let now = log.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    log.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    log.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    Json(json!({ "slept_ms": ms }))
-                }
-            }),
-        )
-        .route("/sse", post(sse))
-        .route(
-            "/binary",
-            post(|| async {
-                (
-                    [("content-type", "application/octet-stream")],
-                    binary_payload(),
-                )
-            }),
-        )
-        .route(
-            "/invalid_json",
-            post(|| async { ([("content-type", "application/json")], "{not json") }),
-        )
-        .route("/fallback/{*rest}", any(fallback_echo))
-        .route("/fallback", any(fallback_echo));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    FakeUpstream { addr, log }
-}
-
-async fn sse() -> Response {
-    let stream = futures::stream::iter(0..3).then(|i| async move {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("data: event {i}\n\n")))
-    });
-    (
-        [
-            ("content-type", "text/event-stream"),
-            ("cache-control", "no-cache"),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response()
-}
-
-async fn fallback_echo(req: Request) -> Json<Value> {
-    let method = req.method().to_string();
-    let uri = req.uri().to_string();
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    Json(json!({ "method": method, "uri": uri, "authorization": auth, "body": body }))
-}
-
-/// An address on which nothing listens (connection refused).
-pub async fn refused_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
 }
 
 /// The value of one sample in Prometheus text (0 when absent).

@@ -1,8 +1,10 @@
 //! Request ids, metrics, docs, bad input, and the warm path reading no store.
 
+use crate::counting_store::CountingStore;
 use crate::helpers::*;
 use crate::scenarios;
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 scenarios!(
     bad_predict_input_is_refused_in_the_error_shape,
@@ -91,24 +93,73 @@ async fn bad_predict_input_is_refused_in_the_error_shape(b: Backend) {
 }
 
 async fn a_warm_predict_does_not_touch_the_store(b: Backend) {
-    let app = spawn_app(b).await;
+    // Background tasks that reach the store on their own clock, whatever the
+    // requests: the async worker's claim loop, heartbeat and sweeper
+    // (`claim_jobs`, `heartbeat`, `expire_overdue`, `rescue_expired_leases`,
+    // `purge_expired`, `depth_by_model`) and its webhook loop
+    // (`claim_deliveries`). The worker is off here, so none of them runs.
+    // What is left is the usage writer's once-a-second `add_usage`, the one
+    // call excused below, and `/metrics` (`read_count`), scraped only
+    // outside the measured window.
+    let counted = std::sync::Mutex::new(None);
+    let app = spawn_app_over(
+        b,
+        |c| c.worker_enabled = false,
+        |inner| {
+            let store = CountingStore::new(inner);
+            *counted.lock().expect("lock") = Some(store.clone());
+            store
+        },
+    )
+    .await;
+    let store = counted.lock().expect("lock").take().expect("store wrapped");
     let up = fake_upstream().await;
     app.register("warm", &up.url("/echo"), json!({})).await;
-    let policy = app.policy("p", 1000.0, 1000).await;
-    let c = app.caller("u", &["warm"], Some(&policy)).await;
-    let before_cold = app.state.store.read_count();
+    // Rate limit and both quotas, so every per-request check is on the path.
+    let (s, policy) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/policies",
+            Some(json!({
+                "name": "p", "rate_limit_per_second": 1000.0, "burst": 1000,
+                "daily_calls": 10_000, "monthly_calls": 100_000,
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{policy}");
+    let c = app
+        .caller("u", &["warm"], Some(policy["id"].as_str().expect("id")))
+        .await;
+
+    let before_cold = store.mark();
+    let flushes = store.count_of("add_usage");
     assert_eq!(
         app.predict(&c.key, "/models/warm/predict", json!({}))
             .await
             .status(),
         200
     );
-    let after_cold = app.state.store.read_count();
-    assert!(after_cold > before_cold, "a cold predict reads the store");
+    let cold = store.since(before_cold);
+    for read in ["get_key", "find_model", "find_grant", "calls_between"] {
+        assert!(
+            cold.contains(&read),
+            "a cold predict calls {read}: {cold:?}"
+        );
+    }
+    // Start right after the cold call's usage is written, so at most one
+    // more flush can fall in a window shorter than a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.count_of("add_usage") == flushes {
+        assert!(Instant::now() < deadline, "usage never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let hits = metric_value(
         &app.metrics().await,
         "warder_auth_cache_total{result=\"hit\"}",
     );
+
+    let mark = store.mark();
+    let started = Instant::now();
     for _ in 0..20 {
         assert_eq!(
             app.predict(&c.key, "/models/warm/predict", json!({"n": 1}))
@@ -117,10 +168,23 @@ async fn a_warm_predict_does_not_touch_the_store(b: Backend) {
             200
         );
     }
-    assert_eq!(
-        app.state.store.read_count(),
-        after_cold,
-        "warm predicts read the store"
+    let window = started.elapsed();
+    let during = store.since(mark);
+
+    let others: Vec<&str> = during
+        .iter()
+        .copied()
+        .filter(|name| *name != "add_usage")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "warm predicts called the store: {others:?}"
+    );
+    // The usage writer flushes once a second, not once per request.
+    let usage_writes = during.len() as u64;
+    assert!(
+        usage_writes <= window.as_secs() + 1,
+        "{usage_writes} usage writes in {window:?}"
     );
     let hits_after = metric_value(
         &app.metrics().await,

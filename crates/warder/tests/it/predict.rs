@@ -103,28 +103,60 @@ async fn sse_is_streamed_chunk_by_chunk(b: Backend) {
     let up = fake_upstream().await;
     app.register("stream", &up.url("/sse"), json!({})).await;
     let caller = app.caller("carol", &["stream"], None).await;
-    let started = Instant::now();
     let resp = app
         .predict(&caller.key, "/models/stream/predict", json!({}))
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut arrivals = Vec::new();
-    let mut text = String::new();
+    // The arrival time of each event is when its last byte is read: an event
+    // split over chunks counts once it is whole, chunks holding several
+    // events give them all the same time.
+    let mut arrivals: Vec<Instant> = Vec::new();
+    let mut events: Vec<String> = Vec::new();
+    let mut pending = String::new();
     let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.expect("chunk");
-        arrivals.push(started.elapsed());
-        text.push_str(&String::from_utf8_lossy(&chunk));
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            let now = Instant::now();
+            pending.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            while let Some(end) = pending.find("\n\n") {
+                events.push(pending.drain(..end + 2).collect());
+                arrivals.push(now);
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "stream did not end; got {events:?}");
+    assert!(pending.is_empty(), "trailing bytes: {pending:?}");
+    let expected: Vec<String> = (0..SSE_EVENTS).map(sse_event).collect();
+    assert_eq!(events, expected);
+    let sent = up.log.sse_sent.lock().expect("lock").clone();
+    assert_eq!(sent.len(), SSE_EVENTS);
+
+    // The upstream pauses SSE_PAUSE between events: a gateway that held any
+    // event back until the next one (or the end) would deliver two together.
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap >= Duration::from_millis(200),
+            "events {i} and {} arrived {gap:?} apart (all gaps: {gaps:?})",
+            i + 1
+        );
     }
-    assert_eq!(text, "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n");
-    let first = arrivals[0];
-    let last = *arrivals.last().expect("last");
-    // The upstream waits 400 ms between events: if the gateway buffered, the
-    // first chunk would arrive with the last.
+    // Causally: each event reached the client before the upstream had even
+    // sent the next one, and the first long before the last.
+    for i in 0..SSE_EVENTS - 1 {
+        assert!(
+            arrivals[i] < sent[i + 1],
+            "event {i} arrived after event {} was sent",
+            i + 1
+        );
+    }
+    let last_sent = sent[SSE_EVENTS - 1];
     assert!(
-        last.saturating_sub(first) >= Duration::from_millis(600),
-        "chunks arrived together: {arrivals:?}"
+        last_sent.saturating_duration_since(arrivals[0]) >= Duration::from_millis(800),
+        "event 0 arrived only {:?} before the last was sent",
+        last_sent.saturating_duration_since(arrivals[0])
     );
 }
 
