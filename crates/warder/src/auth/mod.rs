@@ -187,7 +187,6 @@ impl AuthService {
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
     }
-
 }
 
 fn cache_counter(metrics: &Metrics, result: &str) -> Counter {

@@ -38,10 +38,7 @@ impl Submitter {
     /// key) and answers once it is committed.
     pub async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
         let (done, answer) = oneshot::channel();
-        self.tx
-            .send((job, done))
-            .await
-            .map_err(|_| stopped())?;
+        self.tx.send((job, done)).await.map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }

@@ -243,7 +243,10 @@ mod tests {
                 .collect();
             assert_eq!(mine.len(), 500, "every line of thread {t}, none torn");
             for (i, l) in mine.iter().enumerate() {
-                assert!(l.starts_with(&format!("thread {t} line {i:04} ")), "in order");
+                assert!(
+                    l.starts_with(&format!("thread {t} line {i:04} ")),
+                    "in order"
+                );
             }
         }
         assert_eq!(writer.dropped(), 0);
@@ -282,8 +285,7 @@ mod tests {
     fn a_stuck_output_drops_lines_instead_of_blocking() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let sink = Sink::default();
-        let (writer, guard) =
-            BatchWriter::with_limits(Stuck(gate.clone(), sink.clone()), 64, 1024);
+        let (writer, guard) = BatchWriter::with_limits(Stuck(gate.clone(), sink.clone()), 64, 1024);
         // The first batch is taken by the writer and blocks in the sink;
         // the buffer then fills to its cap and the rest is dropped.
         for _ in 0..200 {
