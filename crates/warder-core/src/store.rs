@@ -9,7 +9,7 @@ use crate::records::*;
 use async_trait::async_trait;
 
 /// Why a storage call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// A unique constraint was violated (e.g. a name already taken).
     #[error("already exists: {0}")]

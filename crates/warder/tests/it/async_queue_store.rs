@@ -1,0 +1,172 @@
+//! The job queue of the store, driven directly: the lease token fences off a
+//! worker whose lease was rescued and handed to another, while the job is
+//! running again; a batch of submits is stored in one group commit with the
+//! same idempotency answers as one-by-one submits. The in-process worker is
+//! off, so only the test claims.
+
+use crate::helpers::*;
+use crate::scenarios;
+use serde_json::json;
+use warder_core::{
+    Enqueued, Finish, JobStatus, NewJob, Outcome, RetryConfig, StoreError, Timestamp,
+};
+
+scenarios!(
+    a_stale_lease_cannot_finish_a_job_running_under_a_new_one,
+    a_batch_of_submits_is_one_group_commit_with_idempotency
+);
+
+async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
+    let app = spawn_app_with(b, |c| c.worker_enabled = false).await;
+    let model = app
+        .register("queued", "http://127.0.0.1:9/", json!({}))
+        .await;
+    let caller = app.caller("owner", &["queued"], None).await;
+    (app, model, caller)
+}
+
+fn job(model: &Registered, caller: &Caller, id: &str, key: Option<&str>) -> NewJob {
+    let now = Timestamp::now();
+    NewJob {
+        id: id.to_owned(),
+        user_id: caller.user_id.clone(),
+        key_id: caller.key_id.clone(),
+        model_id: model.model_id.clone(),
+        version_id: model.version_id.clone(),
+        webhook_url: None,
+        priority: 1,
+        input: "{}".to_owned(),
+        retry: RetryConfig::default(),
+        idempotency_key: key.map(str::to_owned),
+        created_at: now,
+        queue_deadline: Timestamp(now.0 + 600_000),
+    }
+}
+
+fn request_id(n: u8) -> String {
+    format!("{:032x}", 0xabc0_0000_u64 + u64::from(n))
+}
+
+async fn a_stale_lease_cannot_finish_a_job_running_under_a_new_one(b: Backend) {
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let id = request_id(1);
+    assert_eq!(
+        store
+            .enqueue_job(job(&model, &caller, &id, None))
+            .await
+            .expect("enqueue"),
+        Enqueued::Created(id.clone())
+    );
+
+    // Worker A claims with a lease that runs out; the job is rescued and
+    // claimed again by worker B, so it is IN_PROGRESS under B's lease.
+    let now = Timestamp::now();
+    let first = store
+        .claim_jobs("worker-a", now, Timestamp(now.0 + 50), 10)
+        .await
+        .expect("claim a");
+    assert_eq!(first.len(), 1);
+    let later = Timestamp(now.0 + 1_000);
+    assert_eq!(
+        store
+            .rescue_expired_leases(later, Timestamp(later.0 + 60_000))
+            .await
+            .expect("rescue"),
+        1
+    );
+    let second = store
+        .claim_jobs("worker-b", later, Timestamp(later.0 + 60_000), 10)
+        .await
+        .expect("claim b");
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].token, second[0].token, "a new lease, a new token");
+
+    let finish = |token: i64, output: &str| Finish {
+        id: id.clone(),
+        token,
+        outcome: Outcome::Succeeded(output.to_owned()),
+        errors: Vec::new(),
+    };
+    // A's late result, while the job runs under B: refused, nothing changes.
+    let running = store.get_job(&id).await.expect("get").expect("job");
+    assert_eq!(running.status, JobStatus::InProgress);
+    assert_eq!(
+        store
+            .finish_jobs(&[finish(first[0].token, "\"from a\"")], later, later)
+            .await
+            .expect("finish a"),
+        vec![false]
+    );
+    assert_eq!(store.get_job(&id).await.expect("get").expect("job"), running);
+
+    // B's result is recorded, once.
+    assert_eq!(
+        store
+            .finish_jobs(&[finish(second[0].token, "\"from b\"")], later, later)
+            .await
+            .expect("finish b"),
+        vec![true]
+    );
+    let done = store.get_job(&id).await.expect("get").expect("job");
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.output.as_deref(), Some("\"from b\""));
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        store
+            .finish_jobs(&[finish(second[0].token, "\"again\"")], later, later)
+            .await
+            .expect("finish b twice"),
+        vec![false],
+        "a finished job takes no second result"
+    );
+}
+
+async fn a_batch_of_submits_is_one_group_commit_with_idempotency(b: Backend) {
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let earlier = request_id(10);
+    store
+        .enqueue_job(job(&model, &caller, &earlier, Some("stored-before")))
+        .await
+        .expect("enqueue");
+
+    let batch = vec![
+        job(&model, &caller, &request_id(11), None),
+        job(&model, &caller, &request_id(12), Some("in-batch")),
+        job(&model, &caller, &request_id(13), Some("in-batch")),
+        job(&model, &caller, &request_id(14), Some("stored-before")),
+        // The same request id again: a conflict for that one job only.
+        job(&model, &caller, &request_id(11), None),
+    ];
+    let results = store.enqueue_jobs(batch).await.expect("batch");
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0], Ok(Enqueued::Created(request_id(11))));
+    assert_eq!(results[1], Ok(Enqueued::Created(request_id(12))));
+    assert_eq!(
+        results[2],
+        Ok(Enqueued::Existing(request_id(12))),
+        "a key repeated inside the batch finds the batch's own job"
+    );
+    assert_eq!(results[3], Ok(Enqueued::Existing(earlier.clone())));
+    assert!(
+        matches!(results[4], Err(StoreError::Conflict(_))),
+        "{:?}",
+        results[4]
+    );
+
+    // Exactly the created jobs exist, all queued.
+    for n in [10, 11, 12] {
+        let j = store
+            .get_job(&request_id(n))
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(j.status, JobStatus::Queued);
+    }
+    for n in [13, 14] {
+        assert!(store.get_job(&request_id(n)).await.expect("get").is_none());
+    }
+    let counts = store.queue_counts(&model.model_id).await.expect("counts");
+    assert_eq!(counts.queued, 3);
+}
