@@ -89,6 +89,25 @@ def parse_args(argv):
     return a
 
 
+def postgres_cpu_seconds():
+    """CPU used so far by every PostgreSQL process on the machine (the server
+    is not started by the harness; its backends outlive a run)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def tool_version(argv, need_success=False):
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=15)
@@ -364,8 +383,12 @@ class Bench:
                     if isinstance(s, CeleryRef):
                         r = self.measure(s.pids, lambda: s.run(a.celery_jobs))
                     else:
+                        pg0 = postgres_cpu_seconds() if s.name.endswith("-pg") else None
                         r = self.measure(s.pids, lambda: s.run(self.wrk, a.duration,
                                                                a.connections))
+                        if pg0 is not None and r.get("requests"):
+                            r["store_cpu_ms_per_1k"] = ((postgres_cpu_seconds() - pg0) * 1e6
+                                                        / r["requests"])
                 except (LoadError, Unavailable) as e:
                     r = {"failed": str(e), "errors": 1, "requests": 0}
                 r["round"] = rnd

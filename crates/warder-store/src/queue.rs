@@ -190,10 +190,14 @@ impl SqlStore {
             .map_err(map_err)?;
         let mut out = leases(&rows)?;
 
+        // From the (small) versions table, probing the queued-by-version
+        // index: scanning the ready jobs for their versions cost a pass over
+        // the whole backlog on every claim.
         let capped = format!(
-            "SELECT DISTINCT j.version_id, v.max_concurrency FROM async_jobs j \
-             JOIN model_versions v ON v.id = j.version_id \
-             WHERE {} AND v.max_concurrency IS NOT NULL LIMIT 64",
+            "SELECT v.id AS version_id, v.max_concurrency FROM model_versions v \
+             WHERE v.max_concurrency IS NOT NULL AND EXISTS ( \
+               SELECT 1 FROM async_jobs j WHERE j.version_id = v.id AND {}) \
+             LIMIT 64",
             READY.replace("$3", "$1")
         );
         let versions = sqlx::query(&capped)
@@ -254,43 +258,78 @@ impl SqlStore {
         Ok(out)
     }
 
-    /// Inserts one job unless it collides with a unique index (the owner's
-    /// idempotency key); `false` then. `DO NOTHING` instead of catching the
+    /// Inserts `jobs` in one statement, skipping those that collide with a
+    /// unique index (an id, or the owner's idempotency key); answers, per
+    /// job, whether it was inserted. `DO NOTHING` instead of catching the
     /// error, because a failed statement aborts a PostgreSQL transaction and
-    /// the batch around it.
-    async fn insert_job(conn: &mut sqlx::AnyConnection, job: &NewJob) -> StoreResult<bool> {
-        let webhook_status = if job.webhook_url.is_some() {
-            WebhookStatus::Pending
-        } else {
-            WebhookStatus::NoWebhookProvided
-        };
-        let done = sqlx::query(
+    /// the batch around it; one statement instead of one per job, because on
+    /// PostgreSQL each is a round trip and an executor start.
+    async fn insert_jobs(
+        conn: &mut sqlx::AnyConnection,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<bool>> {
+        const COLUMNS: usize = 15;
+        let mut sql = String::from(
             "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
              webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
              max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, lease_token, \
-             cancel_requested, webhook_attempts) \
-             VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, NULL, '[]', 0, $10, $11, $12, $13, \
-             $14, $15, $14, 0, 0, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(&job.id)
-        .bind(&job.user_id)
-        .bind(&job.key_id)
-        .bind(&job.model_id)
-        .bind(&job.version_id)
-        .bind(webhook_status.as_str())
-        .bind(&job.webhook_url)
-        .bind(i64::from(job.priority))
-        .bind(&job.input)
-        .bind(i64::from(job.retry.max_attempts))
-        .bind(job.retry.initial_delay_ms as i64)
-        .bind(job.retry.max_delay_ms as i64)
-        .bind(&job.idempotency_key)
-        .bind(job.created_at.0)
-        .bind(job.queue_deadline.0)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+             cancel_requested, webhook_attempts) VALUES ",
+        );
+        let mut args = sqlx::any::AnyArguments::default();
+        macro_rules! bind {
+            ($($v:expr),* $(,)?) => {
+                $( sqlx::Arguments::add(&mut args, $v)
+                    .map_err(|e| StoreError::Other(e.to_string()))?; )*
+            };
+        }
+        for (n, job) in jobs.iter().enumerate() {
+            let p = |i: usize| n * COLUMNS + i;
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, 'QUEUED', ${}, ${}, ${}, ${}, NULL, '[]', 0, ${}, ${}, ${}, ${}, \
+                 ${}, ${}, ${}, 0, 0, 0)",
+                p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13),
+                p(14), p(15), p(14)
+            ));
+            let webhook_status = if job.webhook_url.is_some() {
+                WebhookStatus::Pending
+            } else {
+                WebhookStatus::NoWebhookProvided
+            };
+            bind!(
+                job.id.clone(),
+                job.user_id.clone(),
+                job.key_id.clone(),
+                job.model_id.clone(),
+                job.version_id.clone(),
+                webhook_status.as_str().to_owned(),
+                job.webhook_url.clone(),
+                i64::from(job.priority),
+                job.input.clone(),
+                i64::from(job.retry.max_attempts),
+                job.retry.initial_delay_ms as i64,
+                job.retry.max_delay_ms as i64,
+                job.idempotency_key.clone(),
+                job.created_at.0,
+                job.queue_deadline.0,
+            );
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+        let inserted: std::collections::HashSet<String> = sqlx::query_scalar_with(&sql, args)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .collect();
+        // The first job with an id is the one a returned id stands for; a
+        // later one with the same id collided.
+        let mut seen = std::collections::HashSet::new();
+        Ok(jobs
+            .iter()
+            .map(|j| seen.insert(j.id.as_str()) && inserted.contains(&j.id))
+            .collect())
     }
 
     /// What a job that was not inserted is: the owner's earlier job with the
@@ -375,11 +414,16 @@ impl JobQueue for SqlStore {
         // indexes is written once per commit instead of once per job.
         let mut tx = self.pool().begin().await.map_err(map_err)?;
         let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if Self::insert_job(&mut tx, &job).await? {
-                out.push(Ok(Enqueued::Created(job.id)));
-            } else {
-                out.push(Self::existing_job(&mut tx, &job).await);
+        // At most 15 × 256 bound values per statement, well under either
+        // backend's limit.
+        for chunk in jobs.chunks(256) {
+            let inserted = Self::insert_jobs(&mut tx, chunk).await?;
+            for (job, new) in chunk.iter().zip(inserted) {
+                if new {
+                    out.push(Ok(Enqueued::Created(job.id.clone())));
+                } else {
+                    out.push(Self::existing_job(&mut tx, job).await);
+                }
             }
         }
         tx.commit().await.map_err(map_err)?;

@@ -98,7 +98,10 @@ async fn a_stale_lease_cannot_finish_a_job_running_under_a_new_one(b: Backend) {
             .expect("finish a"),
         vec![false]
     );
-    assert_eq!(store.get_job(&id).await.expect("get").expect("job"), running);
+    assert_eq!(
+        store.get_job(&id).await.expect("get").expect("job"),
+        running
+    );
 
     // B's result is recorded, once.
     assert_eq!(
