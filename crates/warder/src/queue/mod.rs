@@ -22,6 +22,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use utoipa::ToSchema;
 use warder_core::*;
 
@@ -250,7 +251,20 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
         created_at: now,
         queue_deadline: Timestamp(now.0 + queue_s * 1000),
     };
-    let submitted = match state.submitter.enqueue(job).await? {
+    // The queue phase of the request's life, under its trace id like each
+    // attempt (`async.attempt`) and delivery (`async.webhook`).
+    let span = tracing::info_span!(
+        "async.queue",
+        trace_id = %job.id,
+        request_id = %job.id,
+        model = %target.model.id,
+    );
+    let submitted = match state
+        .submitter
+        .enqueue(job)
+        .instrument(span.clone())
+        .await?
+    {
         Enqueued::Created(id) => {
             state.usage.record(
                 &call.principal.user_id,
@@ -258,7 +272,9 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
                 &target.model_label.0,
             );
             state.signals.work.notify_one();
-            tracing::info!(trace_id = %id, model = %target.model.id, "async request queued");
+            span.in_scope(
+                || tracing::info!(trace_id = %id, model = %target.model.id, "async request queued"),
+            );
             Submitted {
                 request_id: id,
                 replayed: false,

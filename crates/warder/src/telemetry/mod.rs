@@ -39,7 +39,10 @@ pub fn init_logging(config: &Config) -> LogGuard {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    // A line inside a span (an async request's queue phase,
+                    // attempts and deliveries) carries the span's fields,
+                    // its trace id among them.
+                    .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(writer.clone()),
             )

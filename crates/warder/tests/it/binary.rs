@@ -320,6 +320,87 @@ async fn every_request_writes_exactly_one_access_line() {
     }
 }
 
+/// Every log line of an async request's life — queued, attempt, finished —
+/// carries its request id as the trace id of the span it was written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_requests_log_lines_carry_its_trace_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let running = start(&dir.path().join("data"), port);
+    let user_key = wait_for_line(&running, "  user key: ")
+        .trim_start_matches("  user key: ")
+        .to_owned();
+    wait_for_line(&running, "curl ");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let resp = client
+        .post(format!("{base}/models/echo/async_predict"))
+        .header("Authorization", format!("Api-Key {user_key}"))
+        .json(&json!({"model_input": {"hello": "async"}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status().as_u16(), 201);
+    let id = resp.json::<Value>().await.expect("json")["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, status) = call(
+            &client,
+            "GET",
+            &format!("{base}/async_request/{id}"),
+            &user_key,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{status}");
+        if status["status"] == "SUCCEEDED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finished: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let messages = ["async request queued", "async request finished"];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = loop {
+        let lines = running.output.lock().map(|o| o.clone()).expect("output");
+        let mine: Vec<Value> = lines
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] != "warder::access" && v.to_string().contains(&id))
+            .collect();
+        if messages
+            .iter()
+            .all(|m| mine.iter().any(|v| v["message"] == *m))
+        {
+            break mine;
+        }
+        assert!(Instant::now() < deadline, "async lines missing: {mine:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for m in messages {
+        let line = mine
+            .iter()
+            .find(|v| v["message"] == m)
+            .unwrap_or_else(|| panic!("no line {m:?}"));
+        assert_eq!(line["span"]["trace_id"], id.as_str(), "{line}");
+    }
+    assert_eq!(
+        mine.iter()
+            .find(|v| v["message"] == "async request finished")
+            .map(|v| v["span"]["name"].clone()),
+        Some(json!("async.attempt"))
+    );
+}
+
 /// An admin JSON call; answers status and body.
 async fn call(
     client: &reqwest::Client,
