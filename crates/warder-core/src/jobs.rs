@@ -402,6 +402,9 @@ pub trait JobQueue: Send + Sync {
         }
         Ok(out)
     }
+    /// The id of the owner's job submitted with this idempotency key.
+    async fn job_by_idempotency_key(&self, user_id: &str, key: &str)
+        -> StoreResult<Option<String>>;
     /// Reads one job.
     async fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>>;
     /// Lists jobs, newest first.

@@ -430,6 +430,19 @@ impl JobQueue for SqlStore {
         Ok(out)
     }
 
+    async fn job_by_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT id FROM async_jobs WHERE user_id = $1 AND idempotency_key = $2")
+            .bind(user_id)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_err)
+    }
+
     async fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>> {
         sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM async_jobs WHERE id = $1"

@@ -369,7 +369,7 @@ fn rate_limited(state: &AppState, model: &str, d: &RateDecision) -> ApiError {
 
 /// Takes one call from the daily and monthly quotas, or refuses. Runs after
 /// every other check, so a refused or malformed request costs no quota.
-async fn take_quota(
+pub(crate) async fn take_quota(
     state: &AppState,
     principal: &Principal,
     target: &Target,

@@ -188,6 +188,26 @@ impl Quotas {
         Ok(())
     }
 
+    /// Gives back the calls `admit` took (a submit that turned out to be an
+    /// idempotent replay, or that could not be stored).
+    pub fn refund(&self, key_id: &str, model_id: &str, daily: Option<u64>, monthly: Option<u64>) {
+        let day = today();
+        let month = &day[..7];
+        for (limit, from, to) in [
+            (daily, day.clone(), day.clone()),
+            (monthly, format!("{month}-01"), format!("{month}-31")),
+        ] {
+            if limit.is_none() {
+                continue;
+            }
+            let name = format!("{key_id}/{model_id}/{from}/{to}");
+            if let Some(c) = self.counters.get(&name) {
+                // Never below zero, even if the period turned meanwhile.
+                let _ = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+        }
+    }
+
     async fn counter(
         &self,
         key_id: &str,

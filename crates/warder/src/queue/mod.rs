@@ -259,12 +259,33 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
         request_id = %job.id,
         model = %target.model.id,
     );
-    let submitted = match state
-        .submitter
-        .enqueue(job)
-        .instrument(span.clone())
-        .await?
-    {
+    // A retried submit answers its first request, whatever the quota says.
+    if let Some(key) = &job.idempotency_key {
+        if let Some(id) = state
+            .store
+            .job_by_idempotency_key(&job.user_id, key)
+            .await?
+        {
+            return Ok(Submitted {
+                request_id: id,
+                replayed: true,
+            });
+        }
+    }
+    // Quotas count submits like sync calls, after every other check; a
+    // submit that raced a replay of itself, or could not be stored, gives
+    // its call back.
+    gateway::take_quota(state, &call.principal, &target, &limits).await?;
+    let enqueued = state.submitter.enqueue(job).instrument(span.clone()).await;
+    if !matches!(enqueued, Ok(Enqueued::Created(_))) {
+        state.quotas.refund(
+            &call.principal.key_id,
+            &target.model.id,
+            limits.daily_calls,
+            limits.monthly_calls,
+        );
+    }
+    let submitted = match enqueued? {
         Enqueued::Created(id) => {
             state.usage.record(
                 &call.principal.user_id,

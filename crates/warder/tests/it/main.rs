@@ -6,6 +6,7 @@ mod admin;
 mod async_crash;
 mod async_predict;
 mod async_queue_store;
+mod async_quota;
 mod async_support;
 mod async_webhooks;
 mod auth;
