@@ -1,7 +1,8 @@
 //! Harness of the async tests: a scripted model server that records when it
-//! was called and whether a caller hung up, a webhook receiver that
-//! verifies Standard Webhooks signatures with its own code (not warder's),
-//! and polling helpers.
+//! was called and whether a caller hung up, a gated model that holds calls
+//! and counts how many run at once, a webhook receiver that verifies
+//! Standard Webhooks signatures with its own code (not warder's), an extra
+//! in-process worker, and polling helpers.
 
 use crate::helpers::*;
 use axum::extract::{Path, State};
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
 use warder::Config;
 
 /// Queue timings short enough for tests.
@@ -326,4 +328,169 @@ pub async fn wait_for_status(app: &TestApp, key: &str, id: &str, status: &str) -
         v["status"] == status
     })
     .await
+}
+
+/// What the gated model saw.
+#[derive(Default)]
+pub struct GateLog {
+    /// Request bodies, in arrival order.
+    pub bodies: Mutex<Vec<Value>>,
+    /// Calls being answered right now.
+    pub in_flight: AtomicUsize,
+    /// The most calls ever answered at once.
+    pub peak: AtomicUsize,
+}
+
+impl GateLog {
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// Counts a call as in flight until dropped (also when the caller hangs up).
+pub struct InFlight(Arc<GateLog>);
+
+impl InFlight {
+    fn enter(log: &Arc<GateLog>, body: &Value) -> InFlight {
+        if let Ok(mut b) = log.bodies.lock() {
+            b.push(body.clone());
+        }
+        let now = log.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        log.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(log.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A model server: `/gate` holds every call until the gate opens;
+/// `/slow/{ms}` answers after `ms`; `/hang_first/{ms}` sleeps `ms` on its
+/// first call only. Every route echoes its body.
+pub struct GateModel {
+    pub addr: std::net::SocketAddr,
+    pub log: Arc<GateLog>,
+    open: watch::Sender<bool>,
+}
+
+impl GateModel {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until the model has seen `n` calls.
+    pub async fn wait_calls(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log.bodies().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "model saw {:?}, expected {n} calls",
+                self.log.bodies()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GateState {
+    log: Arc<GateLog>,
+    open: watch::Receiver<bool>,
+}
+
+pub async fn gate_model() -> GateModel {
+    let log = Arc::new(GateLog::default());
+    let (open, rx) = watch::channel(false);
+    let state = GateState {
+        log: log.clone(),
+        open: rx,
+    };
+    let app = Router::new()
+        .route(
+            "/gate",
+            post(
+                |State(s): State<GateState>, Json(v): Json<Value>| async move {
+                    let _f = InFlight::enter(&s.log, &v);
+                    let mut open = s.open.clone();
+                    let _ = open.wait_for(|o| *o).await;
+                    Json(json!({ "echo": v }))
+                },
+            ),
+        )
+        .route(
+            "/slow/{ms}",
+            post(
+                |State(s): State<GateState>, Path(ms): Path<u64>, Json(v): Json<Value>| async move {
+                    let _f = InFlight::enter(&s.log, &v);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Json(json!({ "echo": v }))
+                },
+            ),
+        )
+        .route(
+            "/hang_first/{ms}",
+            post(
+                |State(s): State<GateState>, Path(ms): Path<u64>, Json(v): Json<Value>| async move {
+                    let first = s.log.bodies().is_empty();
+                    let _f = InFlight::enter(&s.log, &v);
+                    if first {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Json(json!({ "echo": v }))
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    GateModel { addr, log, open }
+}
+
+/// A `warder worker` run in this process against the app's store; it has
+/// its own wake-ups, so only the store (poll, NOTIFY) tells it of work.
+pub struct ExtraWorker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl ExtraWorker {
+    pub fn start(config: Config) -> ExtraWorker {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            warder::app::run_worker(config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("worker runs");
+        });
+        ExtraWorker {
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.handle).await;
+    }
+}
+
+impl Drop for ExtraWorker {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }

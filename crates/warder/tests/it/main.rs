@@ -3,6 +3,8 @@
 //! manual of the behaviour it covers.
 
 mod admin;
+mod async_behaviour;
+mod async_cli;
 mod async_crash;
 mod async_predict;
 mod async_queue_store;
