@@ -47,6 +47,11 @@ pub struct Target {
     pub model: Model,
     /// The model id as a shared label (metrics, cache keys) — no per-request copy.
     pub model_label: Label,
+    /// The version id as a shared label (access log) — no per-request copy.
+    pub version_label: Label,
+    /// The constant middle of this target's envelope, from after the request
+    /// id to the output: `","model_id":…,"model_version_id":…,"output":`.
+    pub envelope_middle: bytes::Bytes,
     /// The version's upstream URL, parsed once.
     pub upstream_uri: http::Uri,
     /// The version to call.
@@ -210,9 +215,16 @@ impl Catalog {
                 },
             )?)),
         };
+        let envelope_middle = bytes::Bytes::from(format!(
+            "\",\"model_id\":{},\"model_version_id\":{},\"output\":",
+            serde_json::Value::from(model.id.as_str()),
+            serde_json::Value::from(version.id.as_str()),
+        ));
         Ok(Target {
             validator,
             model_label: Label::new(&model.id),
+            version_label: Label::new(&version.id),
+            envelope_middle,
             model,
             upstream_uri,
             version,

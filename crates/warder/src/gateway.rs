@@ -28,7 +28,7 @@ pub struct RequestFacts {
     /// Model id, once resolved.
     pub model_id: Option<Label>,
     /// Version id, once resolved.
-    pub version_id: Option<String>,
+    pub version_id: Option<Label>,
     /// Time to the upstream's response headers.
     pub upstream: Option<Duration>,
 }
@@ -81,7 +81,7 @@ async fn run(
             ResolveError::Store(e) => e.into(),
         })?;
     facts.model_id = Some(target.model_label.clone());
-    facts.version_id = Some(target.version.id.clone());
+    facts.version_id = Some(target.version_label.clone());
 
     let limits = authorize(state, principal, &target).await?;
     check_content_type(&call.headers)?;
@@ -520,16 +520,13 @@ pub(crate) fn build_upstream_request(
 }
 
 /// Builds the envelope around the upstream's JSON bytes without re-encoding
-/// them (ids are alphanumeric, so they need no escaping).
+/// them; everything but the request id and the output is the target's
+/// precomputed `envelope_middle`.
 fn envelope(trace: &TraceContext, target: &Target, output: &Bytes) -> Response {
-    let mut out = BytesMut::with_capacity(output.len() + 160);
+    let mut out = BytesMut::with_capacity(output.len() + target.envelope_middle.len() + 64);
     out.put_slice(b"{\"request_id\":\"");
     out.put_slice(trace.request_id.to_hex().as_bytes());
-    out.put_slice(b"\",\"model_id\":");
-    out.put_slice(json_str(&target.model.id).as_bytes());
-    out.put_slice(b",\"model_version_id\":");
-    out.put_slice(json_str(&target.version.id).as_bytes());
-    out.put_slice(b",\"output\":");
+    out.put_slice(&target.envelope_middle);
     out.put_slice(output);
     out.put_slice(b",\"cached\":false}");
     let mut r = Response::new(Body::from(out.freeze()));
@@ -538,10 +535,6 @@ fn envelope(trace: &TraceContext, target: &Target, output: &Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 async fn collect_limited(

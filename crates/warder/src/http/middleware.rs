@@ -77,7 +77,10 @@ pub async fn request_context(
     let elapsed = start.elapsed();
     let facts = response.extensions().get::<RequestFacts>();
     let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
-    let version = facts.and_then(|f| f.version_id.as_deref()).unwrap_or("");
+    let version = facts
+        .and_then(|f| f.version_id.as_ref())
+        .map(|v| &*v.0)
+        .unwrap_or("");
     let upstream = facts.and_then(|f| f.upstream);
     let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
     let status = response.status().as_u16();
