@@ -13,7 +13,8 @@ use warder_core::{
 
 scenarios!(
     a_stale_lease_cannot_finish_a_job_running_under_a_new_one,
-    a_batch_of_submits_is_one_group_commit_with_idempotency
+    a_batch_of_submits_is_one_group_commit_with_idempotency,
+    a_batch_of_outcomes_is_fenced_item_by_item
 );
 
 async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
@@ -172,4 +173,80 @@ async fn a_batch_of_submits_is_one_group_commit_with_idempotency(b: Backend) {
     }
     let counts = store.queue_counts(&model.model_id).await.expect("counts");
     assert_eq!(counts.queued, 3);
+}
+
+/// One `finish_jobs` call with many outcomes (successes are written
+/// together): each is applied or refused on its own lease token, in order.
+async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let ids: Vec<String> = (20..60).map(request_id).collect();
+    let jobs = ids
+        .iter()
+        .map(|id| job(&model, &caller, id, None))
+        .collect();
+    store.enqueue_jobs(jobs).await.expect("enqueue");
+    let now = Timestamp::now();
+    let leases = store
+        .claim_jobs("worker", now, Timestamp(now.0 + 60_000), 100)
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), ids.len());
+    let token = |id: &str| {
+        leases
+            .iter()
+            .find(|l| l.job.id == id)
+            .map(|l| l.token)
+            .expect("leased")
+    };
+    // Job n: even → success with its token, n % 3 == 1 → success with a
+    // stale token, the rest → failed; job 20 is listed twice.
+    let mut items: Vec<Finish> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| Finish {
+            id: id.clone(),
+            token: if n % 2 == 1 && n % 3 == 1 {
+                token(id) + 7
+            } else {
+                token(id)
+            },
+            outcome: if n % 2 == 0 || n % 3 == 1 {
+                Outcome::Succeeded(format!("{{\"n\":{n}}}"))
+            } else {
+                Outcome::Failed
+            },
+            errors: Vec::new(),
+        })
+        .collect();
+    items.push(Finish {
+        id: ids[0].clone(),
+        token: token(&ids[0]),
+        outcome: Outcome::Succeeded("\"again\"".into()),
+        errors: Vec::new(),
+    });
+    let applied = store
+        .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
+        .await
+        .expect("finish");
+    assert_eq!(applied.len(), items.len());
+    for (n, id) in ids.iter().enumerate() {
+        let j = store.get_job(id).await.expect("get").expect("job");
+        let stale = n % 2 == 1 && n % 3 == 1;
+        assert_eq!(applied[n], !stale, "job {n}");
+        if stale {
+            assert_eq!(j.status, JobStatus::InProgress, "job {n} untouched");
+            assert_eq!(j.output, None);
+        } else if n % 2 == 0 {
+            assert_eq!(j.status, JobStatus::Succeeded, "job {n}");
+            assert_eq!(j.output.as_deref(), Some(format!("{{\"n\":{n}}}").as_str()));
+            assert!(j.finished_at.is_some());
+        } else {
+            assert_eq!(j.status, JobStatus::Failed, "job {n}");
+        }
+    }
+    assert!(
+        !applied[ids.len()],
+        "a second result for the same lease is refused"
+    );
 }
