@@ -549,10 +549,30 @@ async fn queue_status_counts_queued_and_running(b: Backend) {
     assert_eq!(q["model_id"], m.model_id.as_str());
     assert_eq!(q["num_in_progress_requests"], 2, "the cap holds: {q}");
     assert_eq!(q["num_queued_requests"], 3, "{q}");
+    // The depth gauges (refreshed by the sweeper every 100 ms here) show the
+    // same, per model and status.
+    let queued = format!(
+        "warder_async_queue_depth{{model=\"{}\",status=\"QUEUED\"}} 3",
+        m.model_id
+    );
+    let running = format!(
+        "warder_async_queue_depth{{model=\"{}\",status=\"IN_PROGRESS\"}} 2",
+        m.model_id
+    );
+    let deadline = std::time::Instant::now() + Duration::from_millis(700);
+    loop {
+        let metrics = app.metrics().await;
+        if metrics.contains(&queued) && metrics.contains(&running) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {queued} and {running} in {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for id in &ids {
         wait_for_status(&app, &c.key, id, "SUCCEEDED").await;
     }
     assert!(model.log.count() == 5);
-    let metrics = app.metrics().await;
-    assert!(metrics.contains("warder_async_queue_depth"), "{metrics}");
 }
