@@ -17,6 +17,7 @@ use crate::sql::{map_err, Dialect, SqlStore};
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::HashSet;
 use warder_core::*;
 
 /// Columns of `async_jobs` in the order `job_row` reads them.
@@ -117,6 +118,39 @@ fn errors_json(errors: &[JobError]) -> String {
 
 /// Terminal-state bookkeeping shared by every path that finishes a job:
 /// `$a` finished_at/now, `$b` retain_until.
+/// Runs a multi-row statement that ends `RETURNING id` and tells, for each
+/// of `ids` in order, whether the statement wrote it. A job listed twice is
+/// written at most once: its first listing stands for the returned id.
+async fn returned_ids(
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    args: sqlx::any::AnyArguments<'_>,
+    ids: impl Iterator<Item = &str>,
+) -> StoreResult<Vec<bool>> {
+    let written: HashSet<String> = sqlx::query_scalar_with(sql, args)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .into_iter()
+        .collect();
+    let mut seen = HashSet::new();
+    Ok(ids
+        .map(|id| seen.insert(id) && written.contains(id))
+        .collect())
+}
+
+/// Rows per multi-row statement. SQLite looks a `$N` parameter's name up by
+/// a linear scan, which sqlx does for every parameter, so binding grows with
+/// the square of the rows: its statements stay short. On PostgreSQL each
+/// statement is a round trip: 256 rows (at most 3 840 values, well under
+/// its limit).
+fn rows_per_statement(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Sqlite => 16,
+        Dialect::Postgres => 256,
+    }
+}
+
 fn finished_set(now: usize, retain: usize) -> String {
     format!(
         "finished_at = ${now}, expires_at = ${retain}, lease_owner = NULL, lease_expires_at = NULL, \
@@ -317,19 +351,7 @@ impl SqlStore {
             );
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
-        let inserted: std::collections::HashSet<String> = sqlx::query_scalar_with(&sql, args)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?
-            .into_iter()
-            .collect();
-        // The first job with an id is the one a returned id stands for; a
-        // later one with the same id collided.
-        let mut seen = std::collections::HashSet::new();
-        Ok(jobs
-            .iter()
-            .map(|j| seen.insert(j.id.as_str()) && inserted.contains(&j.id))
-            .collect())
+        returned_ids(conn, &sql, args, jobs.iter().map(|j| j.id.as_str())).await
     }
 
     /// What a job that was not inserted is: the owner's earlier job with the
@@ -404,18 +426,13 @@ impl SqlStore {
              RETURNING id",
             finished_set(1, 2)
         );
-        let done: std::collections::HashSet<String> = sqlx::query_scalar_with(&sql, args)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?
-            .into_iter()
-            .collect();
-        // A job listed twice is applied once: its first listing.
-        let mut seen = std::collections::HashSet::new();
-        Ok(chunk
-            .iter()
-            .map(|&i| seen.insert(items[i].id.as_str()) && done.contains(&items[i].id))
-            .collect())
+        returned_ids(
+            conn,
+            &sql,
+            args,
+            chunk.iter().map(|&i| items[i].id.as_str()),
+        )
+        .await
     }
 
     async fn finish_one(
@@ -481,16 +498,7 @@ impl JobQueue for SqlStore {
         // indexes is written once per commit instead of once per job.
         let mut tx = self.pool().begin().await.map_err(map_err)?;
         let mut out = Vec::with_capacity(jobs.len());
-        // Rows per statement. SQLite looks a `$N` parameter's name up by a
-        // linear scan, which sqlx does for every parameter: binding costs
-        // grow with the square of the row count, so its statements stay
-        // short. On PostgreSQL each statement is a round trip: 256 rows
-        // (3 840 values, well under its limit).
-        let rows = match self.dialect() {
-            Dialect::Sqlite => 16,
-            Dialect::Postgres => 256,
-        };
-        for chunk in jobs.chunks(rows) {
+        for chunk in jobs.chunks(rows_per_statement(self.dialect())) {
             let inserted = Self::insert_jobs(&mut tx, chunk).await?;
             for (job, new) in chunk.iter().zip(inserted) {
                 if new {
@@ -635,11 +643,7 @@ impl JobQueue for SqlStore {
         // the other outcomes one by one.
         let (succeeded, others): (Vec<usize>, Vec<usize>) =
             (0..items.len()).partition(|&i| matches!(items[i].outcome, Outcome::Succeeded(_)));
-        let rows = match self.dialect() {
-            Dialect::Sqlite => 16,
-            Dialect::Postgres => 256,
-        };
-        for chunk in succeeded.chunks(rows) {
+        for chunk in succeeded.chunks(rows_per_statement(self.dialect())) {
             let done = Self::finish_succeeded(&mut tx, items, chunk, now, retain_until).await?;
             for (&i, ok) in chunk.iter().zip(done) {
                 applied[i] = ok;
