@@ -204,20 +204,44 @@ fn access_lines_of(lines: &[String], request_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `serve --demo` on a fresh data dir, with its banner read and a client.
+struct Demo {
+    running: Running,
+    base: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let running = start(&dir.path().join("data"), port);
+        wait_for_line(&running, "curl ");
+        Demo {
+            running,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            _dir: dir,
+        }
+    }
+
+    /// A key printed on the banner line starting with `prefix`.
+    fn key(&self, prefix: &str) -> String {
+        wait_for_line(&self.running, prefix)
+            .trim_start_matches(prefix)
+            .to_owned()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_writes_exactly_one_access_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let running = start(&dir.path().join("data"), port);
-    let admin_key = wait_for_line(&running, "  admin key: ")
-        .trim_start_matches("  admin key: ")
-        .to_owned();
-    wait_for_line(&running, "curl ");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let demo = Demo::start();
+    let (running, base, client) = (&demo.running, &demo.base, &demo.client);
+    let admin_key = demo.key("  admin key: ");
 
     // A key made now, never printed: no line of output may ever hold it.
     let (_, users) = call(
@@ -324,18 +348,9 @@ async fn every_request_writes_exactly_one_access_line() {
 /// carries its request id as the trace id of the span it was written in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_requests_log_lines_carry_its_trace_id() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let running = start(&dir.path().join("data"), port);
-    let user_key = wait_for_line(&running, "  user key: ")
-        .trim_start_matches("  user key: ")
-        .to_owned();
-    wait_for_line(&running, "curl ");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let demo = Demo::start();
+    let (running, base, client) = (&demo.running, &demo.base, &demo.client);
+    let user_key = demo.key("  user key: ");
     let resp = client
         .post(format!("{base}/models/echo/async_predict"))
         .header("Authorization", format!("Api-Key {user_key}"))
