@@ -245,7 +245,7 @@ async fn every_request_writes_exactly_one_access_line() {
 
     // A key made now, never printed: no line of output may ever hold it.
     let (_, users) = call(
-        &client,
+        client,
         "GET",
         &format!("{base}/admin/users"),
         &admin_key,
@@ -259,7 +259,7 @@ async fn every_request_writes_exactly_one_access_line() {
         .unwrap_or_else(|| panic!("no demo user in {users}"))
         .to_owned();
     let (s, created) = call(
-        &client,
+        client,
         "POST",
         &format!("{base}/admin/users/{demo_user}/keys"),
         &admin_key,
@@ -367,7 +367,7 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (s, status) = call(
-            &client,
+            client,
             "GET",
             &format!("{base}/async_request/{id}"),
             &user_key,
