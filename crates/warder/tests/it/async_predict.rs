@@ -532,7 +532,7 @@ async fn queue_status_counts_queued_and_running(b: Backend) {
     let m = app
         .register(
             "busy",
-            &model.url("/slow/1500"),
+            &model.url("/slow/2500"),
             json!({"max_concurrency": 2}),
         )
         .await;
@@ -559,7 +559,7 @@ async fn queue_status_counts_queued_and_running(b: Backend) {
         "warder_async_queue_depth{{model=\"{}\",status=\"IN_PROGRESS\"}} 2",
         m.model_id
     );
-    let deadline = std::time::Instant::now() + Duration::from_millis(700);
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
     loop {
         let metrics = app.metrics().await;
         if metrics.contains(&queued) && metrics.contains(&running) {
