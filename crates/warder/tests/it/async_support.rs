@@ -142,13 +142,7 @@ pub async fn scripted_model() -> ScriptedModel {
                 ),
             )
             .with_state(log.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_on_loopback(app).await;
     ScriptedModel { addr, log }
 }
 
@@ -236,13 +230,7 @@ pub async fn receiver() -> Receiver {
                 async move { rec(headers, body).await }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_on_loopback(app).await;
     Receiver { addr, got, status }
 }
 
@@ -448,13 +436,7 @@ pub async fn gate_model() -> GateModel {
             ),
         )
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_on_loopback(app).await;
     GateModel { addr, log, open }
 }
 

@@ -130,13 +130,7 @@ pub async fn fake_upstream() -> FakeUpstream {
         )
         .route("/fallback/{*rest}", any(fallback_echo))
         .route("/fallback", any(fallback_echo));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_on_loopback(app).await;
     FakeUpstream { addr, log }
 }
 
@@ -195,5 +189,18 @@ pub async fn refused_addr() -> SocketAddr {
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
+    addr
+}
+
+/// Serves `app` on a free loopback port until the test process ends;
+/// answers the bound address.
+pub async fn serve_on_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
     addr
 }
