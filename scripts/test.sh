@@ -126,8 +126,13 @@ if ! $quick; then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-    step "cargo nextest run --workspace"
-    cargo nextest run --workspace
+    # Under CI every test runs, so one failure does not hide another.
+    nextest_args=()
+    if $ci; then
+        nextest_args+=(--no-fail-fast)
+    fi
+    step "cargo nextest run --workspace ${nextest_args[*]}"
+    cargo nextest run --workspace "${nextest_args[@]}"
     # nextest does not run doctests.
     step "cargo test --workspace --doc"
     cargo test --workspace --doc

@@ -120,7 +120,7 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
     })
     .await;
     let model = scripted_model().await;
-    app.register("slow", &model.url("/slow/2500"), json!({}))
+    app.register("slow", &model.url("/slow/4000"), json!({}))
         .await;
     let c = app.caller("c", &["slow"], None).await;
     let db = app.state.config.database_url.clone();
@@ -141,7 +141,8 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
             .await,
         );
     }
-    // Both workers hold jobs (neither can take all 200).
+    // Both workers hold jobs (neither can take all 200), and every call has
+    // reached the model, so each of the victim's jobs runs at least twice.
     let deadline = Instant::now() + Duration::from_secs(20);
     let victims = loop {
         let jobs = jobs_by_status(&app).await;
@@ -151,7 +152,7 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
             .filter(|j| j.1 == JobStatus::InProgress && j.2.as_deref() == Some(&victim_id))
             .map(|j| j.0.clone())
             .collect();
-        if running >= 200 && !mine.is_empty() {
+        if running >= 200 && !mine.is_empty() && model.log.count() >= 200 {
             break mine;
         }
         assert!(
@@ -194,7 +195,13 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
             assert!(job.attempts >= 2, "a rescued job ran again");
         }
     }
-    assert!(model.log.dropped.load(Ordering::SeqCst) >= victims.len());
+    assert!(
+        model.log.count() >= ids.len() + victims.len(),
+        "each of the victim's jobs was called again: {} calls for {} jobs, {} rescued",
+        model.log.count(),
+        ids.len(),
+        victims.len()
+    );
 
     // The killed worker's lease is fenced off: its late result changes nothing.
     let before = app
