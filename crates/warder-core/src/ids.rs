@@ -33,10 +33,18 @@ pub fn new_id(len: usize) -> String {
 /// Lowercase hex of `bytes`, one allocation and no per-char iteration (ids
 /// are formatted several times per request).
 fn hex_lower(bytes: &[u8]) -> String {
-    let mut buf = vec![0u8; bytes.len() * 2];
-    // Cannot fail: the buffer is exactly twice the input length.
-    let _ = hex::encode_to_slice(bytes, &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex_lower(bytes, &mut out);
+    out
+}
+
+/// Appends the hex of an id (at most 16 bytes) without a temporary string.
+fn push_hex_lower(bytes: &[u8], out: &mut String) {
+    let mut buf = [0u8; 32];
+    let hex = &mut buf[..bytes.len() * 2];
+    if hex::encode_to_slice(bytes, hex).is_ok() {
+        out.push_str(std::str::from_utf8(hex).unwrap_or_default());
+    }
 }
 
 /// The public part of an API key (`wdr_<id>_…`): safe to log and to store.
@@ -169,6 +177,11 @@ impl RequestId {
     pub fn to_hex(&self) -> String {
         hex_lower(&self.0)
     }
+
+    /// Appends the 32 lowercase hex digits to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        push_hex_lower(&self.0, out);
+    }
 }
 
 impl fmt::Display for RequestId {
@@ -206,6 +219,11 @@ impl SpanId {
     /// The id as 16 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         hex_lower(&self.0)
+    }
+
+    /// Appends the 16 lowercase hex digits to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        push_hex_lower(&self.0, out);
     }
 }
 

@@ -232,7 +232,7 @@ impl App {
         let public = server::serve(
             "public",
             self.public,
-            http::router(self.state.clone()),
+            http::hot::PublicService::new(self.state.clone(), http::router(self.state.clone())),
             options,
             signal(),
         );

@@ -117,8 +117,8 @@ type TargetResult = Result<Arc<Target>, Arc<str>>;
 /// Cached resolution of targets and access.
 pub struct Catalog {
     store: Arc<dyn Store>,
-    targets: Cache<Selector, TargetResult>,
-    access: Cache<(Arc<str>, Arc<str>), Arc<Access>>,
+    targets: Cache<Selector, TargetResult, crate::FastHash>,
+    access: Cache<(Arc<str>, Arc<str>), Arc<Access>, crate::FastHash>,
     slots: RwLock<HashMap<String, (u32, Arc<Semaphore>)>>,
     default_limits: Limits,
 }
@@ -132,11 +132,11 @@ impl Catalog {
             targets: Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(crate::FastHash::new()),
             access: Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(crate::FastHash::new()),
             slots: RwLock::new(HashMap::new()),
             default_limits: Limits {
                 rate_per_second: config.default_rate_limit_per_second,

@@ -257,7 +257,7 @@ async fn run(
                 "the model answered invalid JSON",
             ));
         }
-        envelope(&call.trace, &target, &output)
+        envelope(&request_id, &target, &output)
     } else {
         // Streamed through as it arrives; the concurrency slot is held until
         // the body is finished or dropped.
@@ -339,7 +339,10 @@ pub(crate) async fn admit(
     let model = &target.model.id;
     let mut decision = None;
     if let Some(rate) = limits.rate_per_second {
-        let key = format!("{}:{}", principal.key_id, model);
+        let mut key = String::with_capacity(principal.key_id.len() + 1 + model.len());
+        key.push_str(&principal.key_id);
+        key.push(':');
+        key.push_str(model);
         match state.limiter.check(&key, rate, limits.burst).await {
             Ok(d) if d.allowed => decision = Some(d),
             Ok(d) => return Err(rate_limited(state, model, &d)),
@@ -522,10 +525,10 @@ pub(crate) fn build_upstream_request(
 /// Builds the envelope around the upstream's JSON bytes without re-encoding
 /// them; everything but the request id and the output is the target's
 /// precomputed `envelope_middle`.
-fn envelope(trace: &TraceContext, target: &Target, output: &Bytes) -> Response {
+fn envelope(request_id: &str, target: &Target, output: &Bytes) -> Response {
     let mut out = BytesMut::with_capacity(output.len() + target.envelope_middle.len() + 64);
     out.put_slice(b"{\"request_id\":\"");
-    out.put_slice(trace.request_id.to_hex().as_bytes());
+    out.put_slice(request_id.as_bytes());
     out.put_slice(&target.envelope_middle);
     out.put_slice(output);
     out.put_slice(b",\"cached\":false}");

@@ -23,4 +23,10 @@ pub mod usage;
 pub mod webhooks;
 
 pub use app::App;
+
+/// The hasher of the in-process maps read on every request (key, target,
+/// access and limiter caches, usage counters): aHash with per-process random
+/// keys, several times cheaper than the standard SipHash on short keys and
+/// still resistant to crafted collisions.
+pub(crate) type FastHash = ahash::RandomState;
 pub use config::Config;

@@ -26,7 +26,7 @@ struct Bucket {
 
 /// GCRA limits kept in this process.
 pub struct LocalRateLimiter {
-    buckets: Cache<String, Arc<Bucket>>,
+    buckets: Cache<String, Arc<Bucket>, crate::FastHash>,
     clock: DefaultClock,
 }
 
@@ -43,7 +43,7 @@ impl LocalRateLimiter {
             buckets: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(Duration::from_secs(600))
-                .build(),
+                .build_with_hasher(crate::FastHash::new()),
             clock: DefaultClock::default(),
         }
     }

@@ -5,11 +5,13 @@
 //! header read timeout nor per-connection socket options; the rest (routing,
 //! handlers) is axum as usual.
 
-use axum::extract::ConnectInfo;
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,15 +27,20 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and lets in-flight requests finish (up to the drain timeout).
-pub async fn serve(
+/// Serves `service` (an axum router, or the public listener's
+/// [`crate::http::hot::PublicService`]) on `listener` until `shutdown`
+/// resolves, then stops accepting and lets in-flight requests finish (up to
+/// the drain timeout).
+pub async fn serve<S>(
     name: &'static str,
     listener: TcpListener,
-    router: Router,
+    service: S,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -57,12 +64,11 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let inner = service.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                let mut router = router.clone();
-                async move { router.call(req.map(axum::body::Body::new)).await }
+                inner.clone().call(req.map(Body::new))
             });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

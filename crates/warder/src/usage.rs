@@ -15,7 +15,7 @@ use std::time::Duration;
 use warder_core::{Store, StoreError, UsageKey};
 
 /// Calls counted but not yet written: (user, key, model, UTC day number).
-type Pending = HashMap<(Arc<str>, Arc<str>, Arc<str>, i64), u64>;
+type Pending = HashMap<(Arc<str>, Arc<str>, Arc<str>, i64), u64, crate::FastHash>;
 
 /// At most this many distinct counters wait for the writer; beyond it a call
 /// is not counted (with a warning) rather than memory growing without bound
@@ -36,7 +36,7 @@ pub struct UsageWriter {
 
 /// A recorder and the writer that drains it.
 pub fn usage_channel(store: Arc<dyn Store>) -> (UsageRecorder, UsageWriter) {
-    let pending = Arc::new(Mutex::new(HashMap::new()));
+    let pending = Arc::new(Mutex::new(HashMap::default()));
     (
         UsageRecorder {
             pending: pending.clone(),
@@ -139,7 +139,7 @@ pub enum QuotaPeriod {
 /// Daily and monthly call quotas per key × model.
 pub struct Quotas {
     store: Arc<dyn Store>,
-    counters: Cache<String, Arc<AtomicU64>>,
+    counters: Cache<String, Arc<AtomicU64>, crate::FastHash>,
 }
 
 impl Quotas {
@@ -150,7 +150,7 @@ impl Quotas {
             counters: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(Duration::from_secs(35 * 24 * 3600))
-                .build(),
+                .build_with_hasher(crate::FastHash::new()),
         }
     }
 
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn calls_are_summed_per_user_key_model_and_day() {
-        let pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending = Arc::new(Mutex::new(HashMap::default()));
         let recorder = UsageRecorder {
             pending: pending.clone(),
         };

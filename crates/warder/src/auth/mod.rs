@@ -62,7 +62,7 @@ enum Cached {
 #[derive(Clone)]
 pub struct AuthService {
     store: Arc<dyn Store>,
-    cache: Cache<KeyId, Arc<Cached>>,
+    cache: Cache<KeyId, Arc<Cached>, crate::FastHash>,
     l2: Option<AuthL2>,
     metrics: Arc<Metrics>,
     /// `warder_auth_cache_total{result="hit"}`, resolved once: counted on
@@ -80,7 +80,7 @@ impl AuthService {
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(crate::FastHash::new()),
             l2: None,
             hits: cache_counter(&metrics, "hit"),
             misses: cache_counter(&metrics, "miss"),

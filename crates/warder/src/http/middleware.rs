@@ -11,11 +11,11 @@ use crate::gateway::RequestFacts;
 use crate::http::error::ApiError;
 use crate::state::SharedState;
 use crate::telemetry::access::{self, AccessRecord};
-use crate::telemetry::metrics::{RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{Label, RequestLabels, RouteLabels};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -34,88 +34,136 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let start = Instant::now();
-    let trace = TraceContext::from_traceparent(
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
-    req.extensions_mut().insert(trace);
     let route = state.metrics.route_label(
         req.extensions()
             .get::<MatchedPath>()
             .map(|m| m.as_str())
             .unwrap_or("fallback"),
     );
-    let method = req.method().clone();
-    state.metrics.in_flight.inc();
-    let mut response = next.run(req).await;
-    state.metrics.in_flight.dec();
-
-    let request_id = trace.request_id.to_hex();
-    if response.status().as_u16() >= 400
-        && response.extensions().get::<ApiError>().is_none()
-        && response.extensions().get::<Proxied>().is_none()
-    {
-        // A refusal produced by an axum extractor (bad path or query
-        // encoding, …): give it the documented shape too.
-        response = reshape_rejection(response).await;
-    }
-    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
-        let body = err.body(Some(&trace.request_id));
-        *response.body_mut() = Body::from(body.to_string());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-
-    let elapsed = start.elapsed();
-    let facts = response.extensions().get::<RequestFacts>();
-    let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
-    let version = facts
-        .and_then(|f| f.version_id.as_ref())
-        .map(|v| &*v.0)
-        .unwrap_or("");
-    let upstream = facts.and_then(|f| f.upstream);
+    let scope = RequestScope::begin(&state, req.headers(), req.method(), route);
+    req.extensions_mut().insert(scope.trace);
+    let response = next.run(req).await;
     let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
-    let status = response.status().as_u16();
-    let m = &state.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
+    scope.end(&state, response, key_id).await
+}
+
+/// One request from its arrival to its access-log line: what the outermost
+/// layer (or [`crate::http::hot`]) knows before the handler runs.
+pub(crate) struct RequestScope {
+    start: Instant,
+    /// The request's trace position; its trace id is the request id.
+    pub(crate) trace: TraceContext,
+    route: Label,
+    method: Method,
+    in_flight: InFlight,
+}
+
+/// Holds one unit of the in-flight gauge; a request dropped mid-way (the
+/// caller hung up) gives it back too.
+struct InFlight(SharedState);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+impl RequestScope {
+    /// Starts the clock, reads `traceparent` and counts the request in flight.
+    pub(crate) fn begin(
+        state: &SharedState,
+        headers: &HeaderMap,
+        method: &Method,
+        route: Label,
+    ) -> RequestScope {
+        let trace = TraceContext::from_traceparent(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        );
+        state.metrics.in_flight.inc();
+        RequestScope {
+            start: Instant::now(),
+            trace,
+            route,
+            method: method.clone(),
+            in_flight: InFlight(state.clone()),
+        }
+    }
+
+    /// Renders an error body with the request id, stamps `X-Request-Id`,
+    /// records the metrics and writes the access line.
+    pub(crate) async fn end(
+        self,
+        state: &SharedState,
+        mut response: Response,
+        key_id: Option<Arc<str>>,
+    ) -> Response {
+        drop(self.in_flight);
+        let trace = self.trace;
+        let route = self.route;
+        let request_id = trace.request_id.to_hex();
+        if response.status().as_u16() >= 400
+            && response.extensions().get::<ApiError>().is_none()
+            && response.extensions().get::<Proxied>().is_none()
+        {
+            // A refusal produced by an axum extractor (bad path or query
+            // encoding, …): give it the documented shape too.
+            response = reshape_rejection(response).await;
+        }
+        if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+            let body = err.body(Some(&trace.request_id));
+            *response.body_mut() = Body::from(body.to_string());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+
+        let elapsed = self.start.elapsed();
+        let facts = response.extensions().get::<RequestFacts>();
+        let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
+        let version = facts
+            .and_then(|f| f.version_id.as_ref())
+            .map(|v| &*v.0)
+            .unwrap_or("");
+        let upstream = facts.and_then(|f| f.upstream);
+        let status = response.status().as_u16();
+        let m = &state.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                model: model.clone(),
+                status,
+            })
+            .inc();
+        let route_labels = RouteLabels {
             route: route.clone(),
             model: model.clone(),
-            status,
-        })
-        .inc();
-    let route_labels = RouteLabels {
-        route: route.clone(),
-        model: model.clone(),
-    };
-    m.request_duration
-        .get_or_create(&route_labels)
-        .observe(elapsed.as_secs_f64());
-    if let Some(u) = upstream {
-        m.overhead
+        };
+        m.request_duration
             .get_or_create(&route_labels)
-            .observe(elapsed.saturating_sub(u).as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if let Some(u) = upstream {
+            m.overhead
+                .get_or_create(&route_labels)
+                .observe(elapsed.saturating_sub(u).as_secs_f64());
+        }
+        access::log(&AccessRecord {
+            request_id: &request_id,
+            method: self.method.as_str(),
+            route: &route.0,
+            status,
+            key_id: key_id.as_deref().unwrap_or(""),
+            model: &model.0,
+            version,
+            latency: elapsed,
+            upstream,
+        });
+        response
     }
-    access::log(&AccessRecord {
-        request_id: &request_id,
-        method: method.as_str(),
-        route: &route.0,
-        status,
-        key_id: key_id.as_deref().unwrap_or(""),
-        model: &model.0,
-        version,
-        latency_ms: elapsed.as_secs_f64() * 1000.0,
-        upstream_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
-    });
-    response
 }
 
 /// Marks a response passed through from an upstream (its errors are its own).
@@ -163,31 +211,38 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match AuthService::parse_header(header) {
-        Ok(key) => state.auth.authenticate(&key).await,
-        Err(e) => Err(e),
-    };
-    let principal = match principal {
+    let principal = match principal(&state, req.headers()).await {
         Ok(p) => p,
-        Err(AuthError::Store(e)) => return ApiError::from(e).into_response(),
-        Err(e) => {
-            return ApiError::new(ErrorCode::Unauthenticated, e.to_string())
-                .with_header(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Api-Key"),
-                )
-                .into_response()
-        }
+        Err(refusal) => return refusal,
     };
     let key = KeyFact(principal.key_id.clone());
     req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
     response.extensions_mut().insert(key);
     response
+}
+
+/// The principal of the `Authorization` header, or the refusal to answer.
+pub(crate) async fn principal(
+    state: &SharedState,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, Response> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match AuthService::parse_header(header) {
+        Ok(key) => state.auth.authenticate(&key).await,
+        Err(e) => Err(e),
+    };
+    principal.map_err(|e| match e {
+        AuthError::Store(e) => ApiError::from(e).into_response(),
+        e => ApiError::new(ErrorCode::Unauthenticated, e.to_string())
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Api-Key"),
+            )
+            .into_response(),
+    })
 }
 
 /// Refuses keys without the `admin` scope.

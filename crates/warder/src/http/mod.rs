@@ -13,6 +13,7 @@ pub mod async_predict;
 pub mod docs;
 pub mod error;
 pub mod fallback;
+pub mod hot;
 pub mod json;
 pub mod middleware;
 pub mod ops;

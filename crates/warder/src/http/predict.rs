@@ -9,60 +9,126 @@ use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The six sync predict routes. The axum router and [`crate::http::hot`]
+/// both take their paths and selectors from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PredictRoute {
+    Model,
+    Environment,
+    Version,
+    ModelInternal,
+    VersionInternal,
+    ModelVersionInternal,
+}
+
+impl PredictRoute {
+    pub(crate) const ALL: [PredictRoute; 6] = [
+        PredictRoute::Model,
+        PredictRoute::Environment,
+        PredictRoute::Version,
+        PredictRoute::ModelInternal,
+        PredictRoute::VersionInternal,
+        PredictRoute::ModelVersionInternal,
+    ];
+
+    /// The route's path pattern (also its `route` label).
+    pub(crate) const fn path(self) -> &'static str {
+        match self {
+            PredictRoute::Model => "/models/{model}/predict",
+            PredictRoute::Environment => "/models/{model}/environments/{env}/predict",
+            PredictRoute::Version => "/model_versions/{version_id}/predict",
+            PredictRoute::ModelInternal => "/models/{model}/predict_internal",
+            PredictRoute::VersionInternal => "/model_versions/{version_id}/predict_internal",
+            PredictRoute::ModelVersionInternal => "/model/{model}/{version_id}/predict_internal",
+        }
+    }
+
+    /// A `predict_internal` route (needs the `internal` scope, skips limits).
+    pub(crate) const fn internal(self) -> bool {
+        matches!(
+            self,
+            PredictRoute::ModelInternal
+                | PredictRoute::VersionInternal
+                | PredictRoute::ModelVersionInternal
+        )
+    }
+
+    /// What to call, from the route's path parameters by name.
+    pub(crate) fn selector<'a>(self, param: impl Fn(&str) -> Option<&'a str>) -> Selector {
+        let get = |name: &str| param(name).unwrap_or_default().to_owned();
+        match self {
+            PredictRoute::Model | PredictRoute::ModelInternal => production(get("model")),
+            PredictRoute::Environment => Selector::Environment {
+                model: get("model"),
+                env: get("env"),
+            },
+            PredictRoute::Version | PredictRoute::VersionInternal => Selector::Version {
+                version: get("version_id"),
+            },
+            PredictRoute::ModelVersionInternal => Selector::ModelVersion {
+                model: get("model"),
+                version: get("version_id"),
+            },
+        }
+    }
+}
 
 /// The predict routes (authentication is added by the caller).
 pub fn routes() -> Router<SharedState> {
+    use PredictRoute as R;
     Router::new()
-        .route("/models/{model}/predict", post(model_predict))
+        .route(R::Model.path(), post(model_predict))
+        .route(R::Environment.path(), post(env_predict))
+        .route(R::Version.path(), post(version_predict))
+        .route(R::ModelInternal.path(), post(model_predict_internal))
+        .route(R::VersionInternal.path(), post(version_predict_internal))
         .route(
-            "/models/{model}/environments/{env}/predict",
-            post(env_predict),
-        )
-        .route(
-            "/model_versions/{version_id}/predict",
-            post(version_predict),
-        )
-        .route(
-            "/models/{model}/predict_internal",
-            post(model_predict_internal),
-        )
-        .route(
-            "/model_versions/{version_id}/predict_internal",
-            post(version_predict_internal),
-        )
-        .route(
-            "/model/{model}/{version_id}/predict_internal",
+            R::ModelVersionInternal.path(),
             post(model_version_predict_internal),
         )
 }
 
-struct Caller {
+/// Runs a predict for an authenticated caller (both dispatch paths end here).
+pub(crate) async fn call(
+    state: &SharedState,
     principal: Arc<Principal>,
     trace: TraceContext,
-}
-
-async fn run(
-    state: SharedState,
-    caller: Caller,
+    route: PredictRoute,
     selector: Selector,
-    internal: bool,
     request: Request,
 ) -> Response {
     // Taken apart, not cloned: the headers move into the call.
     let (parts, body) = request.into_parts();
     gateway::predict(
-        &state,
+        state,
         PredictCall {
-            principal: caller.principal,
-            trace: caller.trace,
+            principal,
+            trace,
             selector,
-            internal,
+            internal: route.internal(),
             headers: parts.headers,
             body,
         },
     )
     .await
+}
+
+/// Path parameters by name, as axum extracts them.
+type Params = HashMap<String, String>;
+
+async fn via_router(
+    route: PredictRoute,
+    state: SharedState,
+    principal: Arc<Principal>,
+    trace: TraceContext,
+    params: Params,
+    request: Request,
+) -> Response {
+    let selector = route.selector(|name| params.get(name).map(String::as_str));
+    call(&state, principal, trace, route, selector, request).await
 }
 
 fn production(model: String) -> Selector {
@@ -83,20 +149,10 @@ async fn model_predict(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(model): Path<String>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        production(model),
-        false,
-        request,
-    )
-    .await
+    via_router(PredictRoute::Model, s, p, t, params, request).await
 }
 
 /// Call the version an environment of a model points at.
@@ -107,20 +163,10 @@ async fn env_predict(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path((model, env)): Path<(String, String)>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        Selector::Environment { model, env },
-        false,
-        request,
-    )
-    .await
+    via_router(PredictRoute::Environment, s, p, t, params, request).await
 }
 
 /// Call one version.
@@ -131,20 +177,10 @@ async fn version_predict(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(version): Path<String>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        Selector::Version { version },
-        false,
-        request,
-    )
-    .await
+    via_router(PredictRoute::Version, s, p, t, params, request).await
 }
 
 /// Internal callers (`internal` scope): a model's `production` version, no rate limit.
@@ -155,20 +191,10 @@ async fn model_predict_internal(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(model): Path<String>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        production(model),
-        true,
-        request,
-    )
-    .await
+    via_router(PredictRoute::ModelInternal, s, p, t, params, request).await
 }
 
 /// Internal callers: one version, no rate limit.
@@ -179,20 +205,10 @@ async fn version_predict_internal(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(version): Path<String>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        Selector::Version { version },
-        true,
-        request,
-    )
-    .await
+    via_router(PredictRoute::VersionInternal, s, p, t, params, request).await
 }
 
 /// Internal callers: one version of a model, no rate limit.
@@ -203,18 +219,8 @@ async fn model_version_predict_internal(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path((model, version)): Path<(String, String)>,
+    Path(params): Path<Params>,
     request: Request,
 ) -> Response {
-    run(
-        s,
-        Caller {
-            principal: p,
-            trace: t,
-        },
-        Selector::ModelVersion { model, version },
-        true,
-        request,
-    )
-    .await
+    via_router(PredictRoute::ModelVersionInternal, s, p, t, params, request).await
 }

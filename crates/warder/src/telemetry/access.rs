@@ -15,8 +15,8 @@
 
 use super::logwriter::BatchWriter;
 use std::cell::RefCell;
-use std::io::Write;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// What one access-log line says.
 #[derive(Debug)]
@@ -35,10 +35,10 @@ pub struct AccessRecord<'a> {
     pub model: &'a str,
     /// Version id, empty when none was resolved.
     pub version: &'a str,
-    /// Total time in milliseconds.
-    pub latency_ms: f64,
+    /// Total time (written in milliseconds, to the microsecond).
+    pub latency: Duration,
     /// Time to the upstream's response headers, when a model answered.
-    pub upstream_ms: Option<f64>,
+    pub upstream: Option<Duration>,
 }
 
 /// The JSON sink, installed by `init_logging` when logs are JSON.
@@ -75,8 +75,8 @@ pub fn log(r: &AccessRecord<'_>) {
             key_id = r.key_id,
             model = r.model,
             version = r.version,
-            latency_ms = r.latency_ms,
-            upstream_ms = r.upstream_ms,
+            latency_ms = r.latency.as_secs_f64() * 1000.0,
+            upstream_ms = r.upstream.map(|u| u.as_secs_f64() * 1000.0),
             "request"
         ),
     }
@@ -92,7 +92,8 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: chrono::DateTime<chr
     string(out, r.method);
     out.extend_from_slice(b",\"route\":");
     string(out, r.route);
-    let _ = write!(out, ",\"status\":{}", r.status);
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes());
     out.extend_from_slice(b",\"key_id\":");
     string(out, r.key_id);
     out.extend_from_slice(b",\"model\":");
@@ -100,10 +101,10 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: chrono::DateTime<chr
     out.extend_from_slice(b",\"version\":");
     string(out, r.version);
     out.extend_from_slice(b",\"latency_ms\":");
-    number(out, r.latency_ms);
-    if let Some(u) = r.upstream_ms {
+    millis(out, r.latency);
+    if let Some(u) = r.upstream {
         out.extend_from_slice(b",\"upstream_ms\":");
-        number(out, u);
+        millis(out, u);
     }
     out.extend_from_slice(b",\"target\":\"warder::access\"}\n");
 }
@@ -124,20 +125,40 @@ fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
         }
         out.extend_from_slice(cached.1.as_bytes());
     });
-    let _ = write!(out, ".{:06}Z", now.timestamp_subsec_micros());
+    out.push(b'.');
+    digits(out, now.timestamp_subsec_micros(), 6);
+    out.push(b'Z');
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes quotes, backslashes and control characters.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Ids and route templates need no escaping: copied as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // serde_json escapes quotes, backslashes and control characters.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
-fn number(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        let _ = write!(out, "{v}");
-    } else {
-        out.extend_from_slice(b"null");
+/// Milliseconds with three decimals (`12.775`), from whole microseconds.
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    out.push(b'.');
+    digits(out, (micros % 1000) as u32, 3);
+}
+
+/// `v` in exactly `width` decimal digits, zero-padded (`v < 10^width`).
+fn digits(out: &mut Vec<u8>, v: u32, width: u32) {
+    let mut rest = v;
+    let start = out.len();
+    for _ in 0..width {
+        out.push(b'0' + (rest % 10) as u8);
+        rest /= 10;
     }
+    out[start..].reverse();
 }
 
 #[cfg(test)]
@@ -146,7 +167,7 @@ mod tests {
     use chrono::TimeZone;
     use serde_json::{json, Value};
 
-    fn record(upstream_ms: Option<f64>) -> AccessRecord<'static> {
+    fn record(upstream: Option<Duration>) -> AccessRecord<'static> {
         AccessRecord {
             request_id: "b9d645ed09d758254bd174d8caba1b1e",
             method: "POST",
@@ -155,8 +176,8 @@ mod tests {
             key_id: "zmhow5vx",
             model: "0mmlgkrv",
             version: "rg3tzmra",
-            latency_ms: 12.775358,
-            upstream_ms,
+            latency: Duration::from_micros(12_775),
+            upstream,
         }
     }
 
@@ -173,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_line_has_every_field_in_the_documented_shape() {
-        let text = line(&record(Some(5.426279)));
+        let text = line(&record(Some(Duration::from_micros(5_426))));
         assert!(text.ends_with("}\n") && !text[..text.len() - 1].contains('\n'));
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(
@@ -189,8 +210,8 @@ mod tests {
                 "key_id": "zmhow5vx",
                 "model": "0mmlgkrv",
                 "version": "rg3tzmra",
-                "latency_ms": 12.775358,
-                "upstream_ms": 5.426279,
+                "latency_ms": 12.775,
+                "upstream_ms": 5.426,
                 "target": "warder::access"
             })
         );
@@ -200,10 +221,10 @@ mod tests {
     fn no_upstream_means_no_upstream_field_and_odd_text_is_escaped() {
         let mut r = record(None);
         r.route = "fallback \"quoted\" \\ \n";
-        r.latency_ms = f64::NAN;
+        r.latency = Duration::from_micros(7_002_031);
         let v: Value = serde_json::from_str(&line(&r)).expect("valid JSON");
         assert!(v.get("upstream_ms").is_none());
         assert_eq!(v["route"], "fallback \"quoted\" \\ \n");
-        assert_eq!(v["latency_ms"], Value::Null);
+        assert_eq!(v["latency_ms"], json!(7002.031));
     }
 }

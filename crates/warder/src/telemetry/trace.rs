@@ -40,12 +40,13 @@ impl TraceContext {
 
     /// The `traceparent` to send to an upstream: same trace, our span as parent.
     pub fn outgoing_traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.request_id.to_hex(),
-            self.span_id.to_hex(),
-            if self.sampled { "01" } else { "00" }
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        self.request_id.push_hex(&mut out);
+        out.push('-');
+        self.span_id.push_hex(&mut out);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
     }
 }
 

@@ -16,6 +16,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod counting_store;
+mod dispatch;
 mod fake_upstream;
 mod helpers;
 mod lifecycle;

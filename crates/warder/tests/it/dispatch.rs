@@ -1,0 +1,119 @@
+//! The public listener's two ways to a sync predict: the fast path in front
+//! of the router and the router itself (taken, among others, by
+//! percent-encoded paths) answer alike, share one limiter and one set of
+//! metrics; and a caller hanging up leaves nothing counted in flight.
+
+use crate::fake_upstream::fake_upstream;
+use crate::helpers::*;
+use crate::scenarios;
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+scenarios!(
+    both_ways_to_a_predict_answer_alike,
+    a_caller_hanging_up_leaves_nothing_in_flight,
+);
+
+async fn both_ways_to_a_predict_answer_alike(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let m = app.register("m", &up.url("/echo"), json!({})).await;
+    let (s, p) = app
+        .admin(
+            Method::POST,
+            "/admin/policies",
+            Some(json!({"name": "ten", "rate_limit_per_second": 0.001, "burst": 10})),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let c = app.caller("u", &["m"], p["id"].as_str()).await;
+
+    // `%6D` is `m`: the router decodes it; the fast path never sees it.
+    let mut remaining = Vec::new();
+    for path in ["/models/m/predict", "/models/%6D/predict"] {
+        let input = json!({"path": path});
+        let (s, body, h) = json_of(app.predict(&c.key, path, input.clone()).await).await;
+        assert_eq!(s, 200, "{path}: {body}");
+        assert_eq!(body["model_id"], m.model_id.as_str(), "{path}");
+        assert_eq!(body["model_version_id"], m.version_id.as_str(), "{path}");
+        assert_eq!(body["output"], input, "{path}");
+        assert_eq!(body["cached"], false, "{path}");
+        assert_eq!(
+            h["x-request-id"],
+            body["request_id"].as_str().expect("request id"),
+            "{path}"
+        );
+        assert_eq!(h["ratelimit-limit"], "10", "{path}");
+        remaining.push(
+            h["ratelimit-remaining"]
+                .to_str()
+                .expect("ascii")
+                .parse::<u32>()
+                .expect("number"),
+        );
+
+        // Without a key, both refuse in the same shape.
+        let resp = app
+            .client
+            .post(format!("{}{path}", app.url))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent");
+        let www = resp.headers().get("www-authenticate").cloned();
+        let (s, body, h) = json_of(resp).await;
+        assert_error(s, &body, 401, "UNAUTHENTICATED");
+        assert_eq!(www.expect("www-authenticate"), "Api-Key", "{path}");
+        assert_eq!(
+            h["x-request-id"],
+            body["error"]["request_id"].as_str().expect("rid"),
+            "{path}"
+        );
+    }
+    assert_eq!(remaining, vec![9, 8], "one limiter for both ways");
+
+    let text = app.metrics().await;
+    let ok = format!(
+        "warder_http_requests_total{{route=\"/models/{{model}}/predict\",model=\"{}\",status=\"200\"}}",
+        m.model_id
+    );
+    assert_eq!(metric_value(&text, &ok), 2.0, "{text}");
+    let refused =
+        "warder_http_requests_total{route=\"/models/{model}/predict\",model=\"\",status=\"401\"}";
+    assert_eq!(metric_value(&text, refused), 2.0, "{text}");
+}
+
+async fn a_caller_hanging_up_leaves_nothing_in_flight(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("slow", &up.url("/sleep/1500"), json!({}))
+        .await;
+    let c = app.caller("u", &["slow"], None).await;
+    let gauge = "warder_http_requests_in_flight";
+
+    let call = {
+        let request = app
+            .client
+            .post(format!("{}/models/slow/predict", app.url))
+            .header("Authorization", format!("Api-Key {}", c.key))
+            .json(&json!({}))
+            .send();
+        tokio::spawn(request)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_value(&app.metrics().await, gauge) != 1.0 {
+        assert!(Instant::now() < deadline, "the call was never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The caller hangs up while the model still works.
+    call.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_value(&app.metrics().await, gauge) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a hung-up call stayed counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
