@@ -38,11 +38,14 @@ fn hex_lower(bytes: &[u8]) -> String {
     out
 }
 
-/// Appends the hex of an id (at most 16 bytes) without a temporary string.
+/// Appends the hex of `bytes`; ids (up to 16 bytes) need no temporary string.
 fn push_hex_lower(bytes: &[u8], out: &mut String) {
     let mut buf = [0u8; 32];
-    let hex = &mut buf[..bytes.len() * 2];
-    if hex::encode_to_slice(bytes, hex).is_ok() {
+    let Some(hex) = buf.get_mut(..bytes.len() * 2) else {
+        out.push_str(&hex::encode(bytes));
+        return;
+    };
+    if hex::encode_to_slice(bytes, &mut *hex).is_ok() {
         out.push_str(std::str::from_utf8(hex).unwrap_or_default());
     }
 }

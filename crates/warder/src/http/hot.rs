@@ -11,6 +11,7 @@
 //! percent-encoded path, any other route) goes to the router, which declares
 //! the same predict routes for those cases, for `405` and for OpenAPI.
 
+use crate::catalog::Selector;
 use crate::http::middleware::{principal, RequestScope};
 use crate::http::predict::{self, PredictRoute};
 use crate::state::SharedState;
@@ -31,45 +32,59 @@ struct Hot {
     label: Label,
 }
 
+/// The six predict routes, matched as the router would.
+struct HotRoutes(matchit::Router<Hot>);
+
+impl HotRoutes {
+    fn new(label: impl Fn(&str) -> Label) -> HotRoutes {
+        let mut hot = matchit::Router::new();
+        for route in PredictRoute::ALL {
+            // The patterns are constants, distinct and well formed.
+            let inserted = hot.insert(
+                route.path(),
+                Hot {
+                    route,
+                    label: label(route.path()),
+                },
+            );
+            debug_assert!(inserted.is_ok(), "{}: {inserted:?}", route.path());
+        }
+        HotRoutes(hot)
+    }
+
+    /// The predict route of a request, when the fast path takes it.
+    fn take(&self, method: &Method, path: &str) -> Option<(&Hot, Selector)> {
+        if method != Method::POST {
+            return None;
+        }
+        // Percent-encoded segments are decoded (and refused when invalid) by
+        // the router's extractor.
+        if path.contains('%') {
+            return None;
+        }
+        let found = self.0.at(path).ok()?;
+        let selector = found.value.route.selector(|name| found.params.get(name));
+        Some((found.value, selector))
+    }
+}
+
 /// The public listener's service (see the module docs).
 #[derive(Clone)]
 pub struct PublicService {
     state: SharedState,
-    hot: Arc<matchit::Router<Hot>>,
+    hot: Arc<HotRoutes>,
     router: Router,
 }
 
 impl PublicService {
     /// The predict fast path in front of `router` (the full public router).
     pub fn new(state: SharedState, router: Router) -> PublicService {
-        let mut hot = matchit::Router::new();
-        for route in PredictRoute::ALL {
-            let label = state.metrics.route_label(route.path());
-            // The patterns are constants, distinct and well formed.
-            let inserted = hot.insert(route.path(), Hot { route, label });
-            debug_assert!(inserted.is_ok(), "{}: {inserted:?}", route.path());
-        }
+        let hot = HotRoutes::new(|path| state.metrics.route_label(path));
         PublicService {
             state,
             hot: Arc::new(hot),
             router,
         }
-    }
-
-    /// The predict route `req` is for, when this service takes it.
-    fn take(&self, req: &Request) -> Option<(&Hot, crate::catalog::Selector)> {
-        if req.method() != Method::POST {
-            return None;
-        }
-        let path = req.uri().path();
-        // Percent-encoded segments are decoded (and refused when invalid) by
-        // the router's extractor.
-        if path.contains('%') {
-            return None;
-        }
-        let found = self.hot.at(path).ok()?;
-        let selector = found.value.route.selector(|name| found.params.get(name));
-        Some((found.value, selector))
     }
 }
 
@@ -86,7 +101,7 @@ impl Service<Request> for PublicService {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let Some((hot, selector)) = self.take(&req) else {
+        let Some((hot, selector)) = self.hot.take(req.method(), req.uri().path()) else {
             return Either::Right(self.router.call(req));
         };
         let state = self.state.clone();
@@ -105,5 +120,81 @@ impl Service<Request> for PublicService {
             };
             Ok(scope.end(&state, response, key_id).await)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(method: Method, path: &str) -> Option<(PredictRoute, Selector)> {
+        let routes = HotRoutes::new(Label::new);
+        routes
+            .take(&method, path)
+            .map(|(hot, selector)| (hot.route, selector))
+    }
+
+    #[test]
+    fn the_six_predict_routes_are_taken_with_their_selectors() {
+        let env = |model: &str, env: &str| Selector::Environment {
+            model: model.to_owned(),
+            env: env.to_owned(),
+        };
+        let version = |v: &str| Selector::Version {
+            version: v.to_owned(),
+        };
+        let cases = [
+            (
+                "/models/m1/predict",
+                PredictRoute::Model,
+                env("m1", "production"),
+            ),
+            (
+                "/models/m1/environments/staging/predict",
+                PredictRoute::Environment,
+                env("m1", "staging"),
+            ),
+            (
+                "/model_versions/v1/predict",
+                PredictRoute::Version,
+                version("v1"),
+            ),
+            (
+                "/models/m1/predict_internal",
+                PredictRoute::ModelInternal,
+                env("m1", "production"),
+            ),
+            (
+                "/model_versions/v1/predict_internal",
+                PredictRoute::VersionInternal,
+                version("v1"),
+            ),
+            (
+                "/model/m1/v1/predict_internal",
+                PredictRoute::ModelVersionInternal,
+                Selector::ModelVersion {
+                    model: "m1".to_owned(),
+                    version: "v1".to_owned(),
+                },
+            ),
+        ];
+        for (path, route, selector) in cases {
+            assert_eq!(taken(Method::POST, path), Some((route, selector)), "{path}");
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_router() {
+        for (method, path) in [
+            (Method::GET, "/models/m1/predict"),
+            (Method::HEAD, "/models/m1/predict"),
+            (Method::POST, "/models/m%31/predict"),
+            (Method::POST, "/models/m1/predict/"),
+            (Method::POST, "/models/m1/predict/extra"),
+            (Method::POST, "/models/m1/async_predict"),
+            (Method::POST, "/admin/models"),
+        ] {
+            assert!(taken(method.clone(), path).is_none(), "{method} {path}");
+        }
     }
 }

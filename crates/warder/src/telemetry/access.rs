@@ -126,7 +126,8 @@ fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
         out.extend_from_slice(cached.1.as_bytes());
     });
     out.push(b'.');
-    digits(out, now.timestamp_subsec_micros(), 6);
+    // A leap second reads as 1 000 000 µs or more: shown as its last microsecond.
+    digits(out, now.timestamp_subsec_micros().min(999_999), 6);
     out.push(b'Z');
 }
 
