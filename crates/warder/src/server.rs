@@ -2,8 +2,10 @@
 //! header read timeout and graceful draining.
 //!
 //! Written on hyper-util directly because `axum::serve` exposes neither a
-//! header read timeout nor per-connection socket options; the rest (routing,
-//! handlers) is axum as usual.
+//! header read timeout nor per-connection socket options. What it serves is
+//! a tower service: an axum router, or on the public listener
+//! [`crate::http::hot::PublicService`] (the predict fast path, then the
+//! router).
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
