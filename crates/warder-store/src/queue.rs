@@ -188,7 +188,7 @@ impl SqlStore {
             .bind(lease_until.0)
             .bind(now.0)
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all(self.writer())
             .await
             .map_err(map_err)?;
         leases(&rows)
@@ -219,7 +219,7 @@ impl SqlStore {
             .bind(lease_until.0)
             .bind(now.0)
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all(self.writer())
             .await
             .map_err(map_err)?;
         let mut out = leases(&rows)?;
@@ -236,7 +236,7 @@ impl SqlStore {
         );
         let versions = sqlx::query(&capped)
             .bind(now.0)
-            .fetch_all(self.pool())
+            .fetch_all(self.writer())
             .await
             .map_err(map_err)?;
         for v in versions {
@@ -246,7 +246,7 @@ impl SqlStore {
             }
             let version: String = get(&v, "version_id")?;
             let cap: i64 = get(&v, "max_concurrency")?;
-            let mut tx = self.pool().begin().await.map_err(map_err)?;
+            let mut tx = self.writer().begin().await.map_err(map_err)?;
             // One claimer per capped version at a time: the running count
             // and the claim below cannot interleave with another worker's.
             let locked: bool =
@@ -496,7 +496,7 @@ impl JobQueue for SqlStore {
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         // One transaction for the batch: each page of the table and of its
         // indexes is written once per commit instead of once per job.
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(rows_per_statement(self.dialect())) {
             let inserted = Self::insert_jobs(&mut tx, chunk).await?;
@@ -618,7 +618,7 @@ impl JobQueue for SqlStore {
         )
         .bind(lease_until.0)
         .bind(owner)
-        .execute(self.pool())
+        .execute(self.writer())
         .await
         .map_err(map_err)?;
         sqlx::query_scalar(
@@ -637,7 +637,7 @@ impl JobQueue for SqlStore {
         now: Timestamp,
         retain_until: Timestamp,
     ) -> StoreResult<Vec<bool>> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         let mut applied = vec![false; items.len()];
         // Successes, the common case, are written a chunk per statement;
         // the other outcomes one by one.
@@ -673,7 +673,7 @@ impl JobQueue for SqlStore {
         .bind(now.0)
         .bind(retain_until.0)
         .bind(id)
-        .execute(self.pool())
+        .execute(self.writer())
         .await
         .map_err(map_err)?;
         if done.rows_affected() == 1 {
@@ -683,7 +683,7 @@ impl JobQueue for SqlStore {
             "UPDATE async_jobs SET cancel_requested = 1 WHERE id = $1 AND status = 'IN_PROGRESS'",
         )
         .bind(id)
-        .execute(self.pool())
+        .execute(self.writer())
         .await
         .map_err(map_err)?;
         if flagged.rows_affected() == 1 {
@@ -718,7 +718,7 @@ impl JobQueue for SqlStore {
         .bind(now.0)
         .bind(retain_until.0)
         .bind(errors)
-        .fetch_all(self.pool())
+        .fetch_all(self.writer())
         .await
         .map_err(map_err)
     }
@@ -767,7 +767,7 @@ impl JobQueue for SqlStore {
             .bind(now.0)
             .bind(retain_until.0)
             .bind(errors_json(&errors))
-            .execute(self.pool())
+            .execute(self.writer())
             .await
             .map_err(map_err)?;
             rescued += done.rows_affected();
@@ -776,7 +776,7 @@ impl JobQueue for SqlStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         sqlx::query(
             "DELETE FROM webhook_deliveries WHERE request_id IN \
              (SELECT id FROM async_jobs WHERE expires_at <= $1 AND webhook_status <> 'PENDING')",
@@ -818,14 +818,14 @@ impl JobQueue for SqlStore {
         .bind(now.0)
         .bind(lease_until.0)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.writer())
         .await
         .map_err(map_err)?;
         rows.iter().map(job_row).collect()
     }
 
     async fn record_delivery(&self, d: Delivery, next: DeliveryNext) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO webhook_deliveries (request_id, attempt, at, status_code, success, error, duration_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id, attempt) DO NOTHING",
@@ -901,7 +901,7 @@ impl JobQueue for SqlStore {
         )
         .bind(id)
         .bind(now.0)
-        .execute(self.pool())
+        .execute(self.writer())
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -917,7 +917,7 @@ impl WebhookSecretStore for SqlStore {
         now: Timestamp,
         previous_valid_until: Timestamp,
     ) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         sqlx::query(
             "UPDATE webhook_secrets SET valid_until = $1 WHERE user_id = $2 AND valid_until IS NULL",
         )
