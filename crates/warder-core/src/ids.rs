@@ -50,6 +50,20 @@ fn push_hex_lower(bytes: &[u8], out: &mut String) {
     }
 }
 
+/// The 32 lowercase hex digits of a [`RequestId`], held on the stack: the
+/// request path writes an id into headers, the envelope and the log line
+/// without a string of its own.
+#[derive(Clone, Copy)]
+pub struct RequestIdHex([u8; 32]);
+
+impl RequestIdHex {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// The public part of an API key (`wdr_<id>_…`): safe to log and to store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
@@ -184,6 +198,14 @@ impl RequestId {
     /// Appends the 32 lowercase hex digits to `out`.
     pub fn push_hex(&self, out: &mut String) {
         push_hex_lower(&self.0, out);
+    }
+
+    /// The 32 lowercase hex digits, without allocating.
+    pub fn hex(&self) -> RequestIdHex {
+        let mut buf = [0u8; 32];
+        // 16 bytes always fit 32 digits.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        RequestIdHex(buf)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod records;
 pub mod store;
 
 pub use error::ErrorCode;
-pub use ids::{new_id, now_ms, ApiKey, KeyId, RequestId, SpanId};
+pub use ids::{new_id, now_ms, ApiKey, KeyId, RequestId, RequestIdHex, SpanId};
 pub use jobs::*;
 pub use limits::{RateDecision, RateLimiter, RateLimiterUnavailable};
 pub use records::*;

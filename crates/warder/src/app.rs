@@ -232,14 +232,20 @@ impl App {
         let public = server::serve(
             "public",
             self.public,
-            http::hot::PublicService::new(self.state.clone(), http::router(self.state.clone())),
+            {
+                let public = http::hot::PublicService::new(
+                    self.state.clone(),
+                    http::router(self.state.clone()),
+                );
+                move |peer| public.for_peer(peer)
+            },
             options,
             signal(),
         );
         let ops = server::serve(
             "ops",
             self.ops,
-            http::ops::router(self.state.clone()),
+            server::with_connect_info(http::ops::router(self.state.clone())),
             options,
             signal(),
         );

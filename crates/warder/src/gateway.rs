@@ -2,7 +2,7 @@
 //!
 //! Called by the thin predict handlers with an authenticated principal and a
 //! selector; knows nothing about routing. Every outcome, success or error,
-//! leaves [`RequestFacts`] on the response for the access log and metrics.
+//! comes with [`RequestFacts`] for the access log and metrics.
 
 use crate::auth::Principal;
 use crate::catalog::{Access, Limits, ResolveError, Selector, Target};
@@ -49,15 +49,15 @@ pub struct PredictCall {
     pub body: Body,
 }
 
-/// Runs a predict and returns the response with [`RequestFacts`] attached.
-pub async fn predict(state: &AppState, call: PredictCall) -> Response {
+/// Runs a predict; returns the response and what the access log and
+/// metrics need to know of it.
+pub async fn predict(state: &AppState, call: PredictCall) -> (Response, RequestFacts) {
     let mut facts = RequestFacts::default();
-    let mut response = match run(state, call, &mut facts).await {
+    let response = match run(state, call, &mut facts).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    response.extensions_mut().insert(facts);
-    response
+    (response, facts)
 }
 
 async fn run(
@@ -146,18 +146,15 @@ async fn run(
     let started = Instant::now();
     let timeout = Duration::from_millis(target.version.timeout_ms);
     let traceparent = call.trace.outgoing_traceparent();
-    let request_id = call.trace.request_id.to_hex();
+    let request_id = call.trace.request_id.hex();
     let url = &target.upstream_uri;
-    let model_labels = ModelLabels {
-        model: target.model_label.clone(),
-    };
     state
         .usage
         .record(&principal.user_id, &principal.key_id, &target.model_label.0);
     let sent = state
         .upstream
         .send_buffered(
-            |b| build_upstream_request(url, &traceparent, &request_id, b),
+            |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
             body,
             timeout,
         )
@@ -186,8 +183,7 @@ async fn run(
     facts.upstream = Some(upstream_time);
     state
         .metrics
-        .upstream_duration
-        .get_or_create(&model_labels)
+        .upstream_histogram(&target.model_label)
         .observe(upstream_time.as_secs_f64());
 
     let status = upstream.status();
@@ -257,7 +253,7 @@ async fn run(
                 "the model answered invalid JSON",
             ));
         }
-        envelope(&request_id, &target, &output)
+        envelope(request_id.as_str(), &target, &output)
     } else {
         // Streamed through as it arrives; the concurrency slot is held until
         // the body is finished or dropped.

@@ -29,17 +29,20 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
-/// Serves `service` (an axum router, or the public listener's
-/// [`crate::http::hot::PublicService`]) on `listener` until `shutdown`
+/// Serves `service_for(peer)` on each connection `listener` accepts (an axum
+/// router with the peer as [`ConnectInfo`], see [`with_connect_info`], or the
+/// public listener's [`crate::http::hot::PublicService`]) until `shutdown`
 /// resolves, then stops accepting and lets in-flight requests finish (up to
-/// the drain timeout).
-pub async fn serve<S>(
+/// the drain timeout). The service learns its peer once per connection, so a
+/// request that never asks for it (a predict) costs no extension map.
+pub async fn serve<M, S>(
     name: &'static str,
     listener: TcpListener,
-    service: S,
+    service_for: M,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) where
+    M: Fn(SocketAddr) -> S,
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
@@ -66,10 +69,9 @@ pub async fn serve<S>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let inner = service.clone();
+        let inner = service_for(peer);
         let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 inner.clone().call(req.map(Body::new))
             });
         let conn = builder
@@ -94,6 +96,13 @@ pub async fn serve<S>(
             "drain timed out; closing remaining connections"
         ),
     }
+}
+
+/// `router` for [`serve`], with each request's peer as [`ConnectInfo`].
+pub fn with_connect_info(
+    router: axum::Router,
+) -> impl Fn(SocketAddr) -> axum::middleware::AddExtension<axum::Router, ConnectInfo<SocketAddr>> {
+    move |peer| tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), router.clone())
 }
 
 /// The bound address of a listener, for logs and tests.

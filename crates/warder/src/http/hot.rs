@@ -16,12 +16,13 @@ use crate::http::middleware::{principal, RequestScope};
 use crate::http::predict::{self, PredictRoute};
 use crate::state::SharedState;
 use crate::telemetry::metrics::Label;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::Router;
 use futures::future::{BoxFuture, Either};
 use http::Method;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -74,6 +75,9 @@ pub struct PublicService {
     state: SharedState,
     hot: Arc<HotRoutes>,
     router: Router,
+    /// The connection's peer, given to the router's requests as
+    /// [`ConnectInfo`] (the fallback forwards it).
+    peer: Option<SocketAddr>,
 }
 
 impl PublicService {
@@ -84,6 +88,15 @@ impl PublicService {
             state,
             hot: Arc::new(hot),
             router,
+            peer: None,
+        }
+    }
+
+    /// This service for one connection from `peer`.
+    pub fn for_peer(&self, peer: SocketAddr) -> PublicService {
+        PublicService {
+            peer: Some(peer),
+            ..self.clone()
         }
     }
 }
@@ -102,6 +115,10 @@ impl Service<Request> for PublicService {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let Some((hot, selector)) = self.hot.take(req.method(), req.uri().path()) else {
+            let mut req = req;
+            if let Some(peer) = self.peer {
+                req.extensions_mut().insert(ConnectInfo(peer));
+            }
             return Either::Right(self.router.call(req));
         };
         let state = self.state.clone();
@@ -109,16 +126,17 @@ impl Service<Request> for PublicService {
         let label = hot.label.clone();
         Either::Left(Box::pin(async move {
             let scope = RequestScope::begin(&state, req.headers(), req.method(), label);
-            let (response, key_id) = match principal(&state, req.headers()).await {
-                Err(refusal) => (refusal, None),
+            let (response, key_id, facts) = match principal(&state, req.headers()).await {
+                Err(refusal) => (refusal, None, None),
                 Ok(p) => {
                     let key_id = p.key_id.clone();
                     let trace = scope.trace;
-                    let response = predict::call(&state, p, trace, route, selector, req).await;
-                    (response, Some(key_id))
+                    let (response, facts) =
+                        predict::call(&state, p, trace, route, selector, req).await;
+                    (response, Some(key_id), Some(facts))
                 }
             };
-            Ok(scope.end(&state, response, key_id).await)
+            Ok(scope.end(&state, response, key_id, facts).await)
         }))
     }
 }

@@ -11,7 +11,7 @@ use crate::gateway::RequestFacts;
 use crate::http::error::ApiError;
 use crate::state::SharedState;
 use crate::telemetry::access::{self, AccessRecord};
-use crate::telemetry::metrics::{Label, RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{Label, RequestLabels};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -44,7 +44,7 @@ pub async fn request_context(
     req.extensions_mut().insert(scope.trace);
     let response = next.run(req).await;
     let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
-    scope.end(&state, response, key_id).await
+    scope.end(&state, response, key_id, None).await
 }
 
 /// One request from its arrival to its access-log line: what the outermost
@@ -90,17 +90,20 @@ impl RequestScope {
     }
 
     /// Renders an error body with the request id, stamps `X-Request-Id`,
-    /// records the metrics and writes the access line.
+    /// records the metrics and writes the access line. `facts` are the
+    /// predict's, when the caller has them in hand; else they are taken from
+    /// the response (where the router's predict handlers leave them).
     pub(crate) async fn end(
         self,
         state: &SharedState,
         mut response: Response,
         key_id: Option<Arc<str>>,
+        facts: Option<RequestFacts>,
     ) -> Response {
         drop(self.in_flight);
         let trace = self.trace;
         let route = self.route;
-        let request_id = trace.request_id.to_hex();
+        let request_id = trace.request_id.hex();
         if response.status().as_u16() >= 400
             && response.extensions().get::<ApiError>().is_none()
             && response.extensions().get::<Proxied>().is_none()
@@ -118,12 +121,13 @@ impl RequestScope {
             );
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
 
         let elapsed = self.start.elapsed();
-        let facts = response.extensions().get::<RequestFacts>();
+        let facts = facts.or_else(|| response.extensions_mut().remove::<RequestFacts>());
+        let facts = facts.as_ref();
         let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
         let version = facts
             .and_then(|f| f.version_id.as_ref())
@@ -132,27 +136,26 @@ impl RequestScope {
         let upstream = facts.and_then(|f| f.upstream);
         let status = response.status().as_u16();
         let m = &state.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                model: model.clone(),
-                status,
-            })
-            .inc();
-        let route_labels = RouteLabels {
-            route: route.clone(),
-            model: model.clone(),
-        };
-        m.request_duration
-            .get_or_create(&route_labels)
-            .observe(elapsed.as_secs_f64());
+        let meters = m.route_meters(&route, &model);
+        if status == 200 {
+            meters.ok.inc();
+        } else {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    model: model.clone(),
+                    status,
+                })
+                .inc();
+        }
+        meters.duration.observe(elapsed.as_secs_f64());
         if let Some(u) = upstream {
-            m.overhead
-                .get_or_create(&route_labels)
+            meters
+                .overhead
                 .observe(elapsed.saturating_sub(u).as_secs_f64());
         }
         access::log(&AccessRecord {
-            request_id: &request_id,
+            request_id: request_id.as_str(),
             method: self.method.as_str(),
             route: &route.0,
             status,

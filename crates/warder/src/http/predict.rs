@@ -2,7 +2,7 @@
 
 use crate::auth::Principal;
 use crate::catalog::Selector;
-use crate::gateway::{self, PredictCall};
+use crate::gateway::{self, PredictCall, RequestFacts};
 use crate::state::SharedState;
 use crate::telemetry::trace::TraceContext;
 use axum::extract::{Path, Request, State};
@@ -99,7 +99,7 @@ pub(crate) async fn call(
     route: PredictRoute,
     selector: Selector,
     request: Request,
-) -> Response {
+) -> (Response, RequestFacts) {
     // Taken apart, not cloned: the headers move into the call.
     let (parts, body) = request.into_parts();
     gateway::predict(
@@ -128,7 +128,10 @@ async fn via_router(
     request: Request,
 ) -> Response {
     let selector = route.selector(|name| params.get(name).map(String::as_str));
-    call(&state, principal, trace, route, selector, request).await
+    let (mut response, facts) = call(&state, principal, trace, route, selector, request).await;
+    // For `request_context`, outside the router's handler.
+    response.extensions_mut().insert(facts);
+    response
 }
 
 fn production(model: String) -> Selector {

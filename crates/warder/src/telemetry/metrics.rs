@@ -27,6 +27,14 @@ impl Label {
     }
 }
 
+// `Arc<str>` hashes as its `str`, so a map keyed by labels can be asked with
+// a `&str`.
+impl std::borrow::Borrow<str> for Label {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         encoder.write_str(&self.0)
@@ -145,10 +153,27 @@ fn overhead_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// The series one finished request of a route and model records, looked up
+/// once per pair: recording a request then hashes no labels (each family
+/// lookup hashes its label set with SipHash under a lock).
+pub struct RouteMeters {
+    /// `warder_http_requests_total{route,model,status="200"}`.
+    pub ok: Counter,
+    /// `warder_http_request_duration_seconds{route,model}`.
+    pub duration: Histogram,
+    /// `warder_gateway_overhead_seconds{route,model}`.
+    pub overhead: Histogram,
+}
+
+/// Route label → model label → its meters.
+type MeterMap = HashMap<Label, HashMap<Label, Arc<RouteMeters>, crate::FastHash>, crate::FastHash>;
+
 /// The gateway's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
     routes: RwLock<HashMap<Box<str>, Label>>,
+    meters: RwLock<MeterMap>,
+    upstream_by_model: RwLock<HashMap<Label, Histogram, crate::FastHash>>,
     /// `warder_http_requests_total{route,model,status}`.
     pub requests: Family<RequestLabels, Counter>,
     /// `warder_http_request_duration_seconds{route,model}`.
@@ -329,6 +354,8 @@ impl Metrics {
         Metrics {
             registry,
             routes: RwLock::new(HashMap::new()),
+            meters: RwLock::new(MeterMap::default()),
+            upstream_by_model: RwLock::new(HashMap::default()),
             requests,
             request_duration,
             overhead,
@@ -362,6 +389,62 @@ impl Metrics {
             m.entry(route.into()).or_insert_with(|| label.clone());
         }
         label
+    }
+
+    /// The series of `route` and `model` (see [`RouteMeters`]). Bounded like
+    /// the families themselves: one entry per route and model seen.
+    pub fn route_meters(&self, route: &Label, model: &Label) -> Arc<RouteMeters> {
+        if let Ok(m) = self.meters.read() {
+            if let Some(meters) = m.get(&*route.0).and_then(|r| r.get(&*model.0)) {
+                return meters.clone();
+            }
+        }
+        let labels = RouteLabels {
+            route: route.clone(),
+            model: model.clone(),
+        };
+        let meters = Arc::new(RouteMeters {
+            ok: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    model: model.clone(),
+                    status: 200,
+                })
+                .clone(),
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            overhead: self.overhead.get_or_create(&labels).clone(),
+        });
+        if let Ok(mut m) = self.meters.write() {
+            m.entry(route.clone())
+                .or_default()
+                .entry(model.clone())
+                .or_insert_with(|| meters.clone());
+        }
+        meters
+    }
+
+    /// `warder_upstream_duration_seconds{model}`, looked up once per model
+    /// like [`Metrics::route_meters`].
+    pub fn upstream_histogram(&self, model: &Label) -> Histogram {
+        if let Some(h) = self
+            .upstream_by_model
+            .read()
+            .ok()
+            .and_then(|m| m.get(&*model.0).cloned())
+        {
+            return h;
+        }
+        let h = self
+            .upstream_duration
+            .get_or_create(&ModelLabels {
+                model: model.clone(),
+            })
+            .clone();
+        if let Ok(mut m) = self.upstream_by_model.write() {
+            m.entry(model.clone()).or_insert_with(|| h.clone());
+        }
+        h
     }
 
     /// Counts a failed Redis operation.

@@ -175,11 +175,20 @@ async fn fallback_echo(req: Request) -> Json<Value> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+    let forwarded_for = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = req.into_body();
+    let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    Json(json!({ "method": method, "uri": uri, "authorization": auth, "body": body }))
+    Json(json!({
+        "method": method, "uri": uri, "authorization": auth,
+        "x_forwarded_for": forwarded_for, "body": body,
+    }))
 }
 
 /// An address on which nothing listens (connection refused).

@@ -10,6 +10,7 @@ scenarios!(
     bad_predict_input_is_refused_in_the_error_shape,
     a_warm_predict_does_not_touch_the_store,
     metrics_and_health_are_served_on_the_ops_listener,
+    request_series_count_each_request_once,
     openapi_and_docs_are_served_without_a_key,
 );
 
@@ -191,6 +192,67 @@ async fn a_warm_predict_does_not_touch_the_store(b: Backend) {
         "warder_auth_cache_total{result=\"hit\"}",
     );
     assert_eq!(hits_after - hits, 20.0);
+}
+
+/// The per-route series are looked up once and then recorded from a cache:
+/// every request still counts once, in its own status, and the histograms
+/// see exactly the requests they should.
+async fn request_series_count_each_request_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    let m = app.register("ser", &up.url("/echo"), json!({})).await;
+    let c = app.caller("u", &["ser"], None).await;
+    for _ in 0..3 {
+        let r = app.predict(&c.key, "/models/ser/predict", json!({})).await;
+        assert_eq!(r.status(), 200);
+    }
+    // Refused before the upstream: counted, timed, but no upstream time.
+    for _ in 0..2 {
+        let r = app
+            .client
+            .post(format!("{}/models/ser/predict", app.url))
+            .header("Authorization", format!("Api-Key {}", c.key))
+            .header("Content-Type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 400);
+    }
+    let text = app.metrics().await;
+    let id = &m.model_id;
+    let route = "route=\"/models/{model}/predict\"";
+    let series = |name: &str, extra: &str| {
+        metric_value(&text, &format!("{name}{{{route},model=\"{id}\"{extra}}}"))
+    };
+    assert_eq!(
+        series("warder_http_requests_total", ",status=\"200\""),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("warder_http_requests_total", ",status=\"400\""),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("warder_http_request_duration_seconds_count", ""),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("warder_gateway_overhead_seconds_count", ""),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            &format!("warder_upstream_duration_seconds_count{{model=\"{id}\"}}")
+        ),
+        3.0,
+        "{text}"
+    );
 }
 
 async fn metrics_and_health_are_served_on_the_ops_listener(b: Backend) {

@@ -267,7 +267,19 @@ async fn fallback_proxies_unmatched_routes(b: Backend) {
     assert_eq!(body["method"], "GET");
     assert_eq!(body["uri"], "/fallback/api/v2/things?b=2&a=1&x=%20y");
     assert_eq!(body["authorization"], "Bearer control-plane-token");
+    // The caller's address, from the connection, is appended to theirs.
+    assert_eq!(body["x_forwarded_for"], "127.0.0.1");
     assert!(headers.contains_key("x-request-id"));
+    let resp = app
+        .client
+        .post(format!("{}/api/v2/things", app.url))
+        .header("X-Forwarded-For", "192.0.2.7")
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["x_forwarded_for"], "192.0.2.7, 127.0.0.1");
 
     let big = "z".repeat(300_000);
     let resp = app
