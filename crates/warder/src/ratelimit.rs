@@ -49,24 +49,40 @@ impl LocalRateLimiter {
     }
 
     fn bucket(&self, key: &str, rate: f64, burst: u32) -> Arc<Bucket> {
+        let same = |b: &Bucket| b.rate == rate && b.burst == burst;
         if let Some(b) = self.buckets.get(key) {
-            if b.rate == rate && b.burst == burst {
+            if same(&b) {
                 return b;
             }
         }
+        // `get_with` makes one bucket for callers that miss together (each
+        // making its own would admit a burst each); a policy change then
+        // replaces it, starting from a full bucket.
+        let b = self
+            .buckets
+            .get_with(key.to_owned(), || Arc::new(Bucket::new(rate, burst)));
+        if same(&b) {
+            return b;
+        }
+        let fresh = Arc::new(Bucket::new(rate, burst));
+        self.buckets.insert(key.to_owned(), fresh.clone());
+        fresh
+    }
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32) -> Bucket {
         let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
         let burst_nz = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst_nz);
-        let bucket = Arc::new(Bucket {
+        Bucket {
             rate,
             burst,
             limiter: governor::RateLimiter::direct(quota)
                 .with_middleware::<StateInformationMiddleware>(),
-        });
-        self.buckets.insert(key.to_owned(), bucket.clone());
-        bucket
+        }
     }
 }
 
@@ -139,5 +155,32 @@ mod tests {
         assert!(limiter.check("k", 1.0, 1).await.expect("local").allowed);
         assert!(!limiter.check("k", 1.0, 1).await.expect("local").allowed);
         assert!(limiter.check("k", 100.0, 10).await.expect("local").allowed);
+    }
+
+    /// The first requests of a key, arriving together, share one bucket: a
+    /// bucket made by each of them would admit a burst each.
+    #[test]
+    fn concurrent_first_requests_share_one_bucket() {
+        for round in 0..20 {
+            let limiter = Arc::new(LocalRateLimiter::new());
+            let start = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (limiter, start) = (limiter.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (0..4)
+                            .filter(|_| {
+                                futures::executor::block_on(limiter.check("k", 0.001, 5))
+                                    .expect("local")
+                                    .allowed
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            let allowed: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+            assert_eq!(allowed, 5, "round {round}");
+        }
     }
 }
