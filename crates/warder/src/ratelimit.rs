@@ -55,18 +55,13 @@ impl LocalRateLimiter {
                 return b;
             }
         }
-        // `get_with` makes one bucket for callers that miss together (each
-        // making its own would admit a burst each); a policy change then
-        // replaces it, starting from a full bucket.
-        let b = self
-            .buckets
-            .get_with(key.to_owned(), || Arc::new(Bucket::new(rate, burst)));
-        if same(&b) {
-            return b;
-        }
-        let fresh = Arc::new(Bucket::new(rate, burst));
-        self.buckets.insert(key.to_owned(), fresh.clone());
-        fresh
+        // One bucket for callers that miss together (each making its own
+        // would admit a burst each); a policy change replaces it once,
+        // starting from a full bucket.
+        self.buckets
+            .entry_by_ref(key)
+            .or_insert_with_if(|| Arc::new(Bucket::new(rate, burst)), |b| !same(b))
+            .into_value()
     }
 }
 
@@ -147,6 +142,33 @@ mod tests {
             limiter.check("other", 5.0, 5).await.expect("local").allowed,
             "keys are independent"
         );
+    }
+
+    #[test]
+    fn concurrent_requests_after_a_policy_change_share_one_new_bucket() {
+        for round in 0..20 {
+            let limiter = Arc::new(LocalRateLimiter::new());
+            let old = futures::executor::block_on(limiter.check("k", 1.0, 1)).expect("local");
+            assert!(old.allowed);
+            let start = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (limiter, start) = (limiter.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (0..4)
+                            .filter(|_| {
+                                futures::executor::block_on(limiter.check("k", 0.001, 5))
+                                    .expect("local")
+                                    .allowed
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            let allowed: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+            assert_eq!(allowed, 5, "round {round}");
+        }
     }
 
     #[tokio::test]
