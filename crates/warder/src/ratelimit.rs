@@ -144,30 +144,35 @@ mod tests {
         );
     }
 
+    /// Eight threads ask for `k` (0.001/s, burst 5) four times each, all
+    /// starting at once; answers how many were admitted.
+    fn admitted_together(limiter: &Arc<LocalRateLimiter>) -> usize {
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (limiter, start) = (limiter.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..4)
+                        .filter(|_| {
+                            futures::executor::block_on(limiter.check("k", 0.001, 5))
+                                .expect("local")
+                                .allowed
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("thread")).sum()
+    }
+
     #[test]
     fn concurrent_requests_after_a_policy_change_share_one_new_bucket() {
         for round in 0..20 {
             let limiter = Arc::new(LocalRateLimiter::new());
             let old = futures::executor::block_on(limiter.check("k", 1.0, 1)).expect("local");
             assert!(old.allowed);
-            let start = Arc::new(std::sync::Barrier::new(8));
-            let threads: Vec<_> = (0..8)
-                .map(|_| {
-                    let (limiter, start) = (limiter.clone(), start.clone());
-                    std::thread::spawn(move || {
-                        start.wait();
-                        (0..4)
-                            .filter(|_| {
-                                futures::executor::block_on(limiter.check("k", 0.001, 5))
-                                    .expect("local")
-                                    .allowed
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            let allowed: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
-            assert_eq!(allowed, 5, "round {round}");
+            assert_eq!(admitted_together(&limiter), 5, "round {round}");
         }
     }
 
@@ -185,24 +190,7 @@ mod tests {
     fn concurrent_first_requests_share_one_bucket() {
         for round in 0..20 {
             let limiter = Arc::new(LocalRateLimiter::new());
-            let start = Arc::new(std::sync::Barrier::new(8));
-            let threads: Vec<_> = (0..8)
-                .map(|_| {
-                    let (limiter, start) = (limiter.clone(), start.clone());
-                    std::thread::spawn(move || {
-                        start.wait();
-                        (0..4)
-                            .filter(|_| {
-                                futures::executor::block_on(limiter.check("k", 0.001, 5))
-                                    .expect("local")
-                                    .allowed
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            let allowed: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
-            assert_eq!(allowed, 5, "round {round}");
+            assert_eq!(admitted_together(&limiter), 5, "round {round}");
         }
     }
 }
