@@ -11,6 +11,9 @@ use warder_core::*;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// How long a SQLite queue write waits for the writer connection, at least.
+const WRITER_WAIT: Duration = Duration::from_secs(10);
+
 /// Which SQL dialect a store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -96,10 +99,10 @@ impl SqlStore {
                     "unsupported database_url scheme (expected sqlite: or postgres://)".to_owned(),
                 ));
             };
-        let pool_options = |max: u32| {
+        let pool_options = |max: u32, acquire_timeout: Duration| {
             let mut pool = AnyPoolOptions::new()
                 .max_connections(max)
-                .acquire_timeout(options.acquire_timeout);
+                .acquire_timeout(acquire_timeout);
             if dialect == Dialect::Sqlite {
                 // WAL lets readers proceed during a write; busy_timeout makes
                 // a second writer (another process) wait instead of failing
@@ -123,12 +126,14 @@ impl SqlStore {
             }
             pool
         };
-        let pool = pool_options(options.max_connections)
+        let pool = pool_options(options.max_connections, options.acquire_timeout)
             .connect(&options.url)
             .await
             .map_err(map_err)?;
         let writer = match dialect {
-            Dialect::Sqlite => pool_options(1)
+            // Queue writes wait here for one another, where they used to
+            // wait in `busy_timeout` (5 s): at least as long before giving up.
+            Dialect::Sqlite => pool_options(1, options.acquire_timeout.max(WRITER_WAIT))
                 .connect(&options.url)
                 .await
                 .map_err(map_err)?,

@@ -138,7 +138,7 @@ impl RequestScope {
         let m = &state.metrics;
         let meters = m.route_meters(&route, &model);
         if status == 200 {
-            meters.ok.inc();
+            meters.ok(m).inc();
         } else {
             m.requests
                 .get_or_create(&RequestLabels {
@@ -151,7 +151,7 @@ impl RequestScope {
         meters.duration.observe(elapsed.as_secs_f64());
         if let Some(u) = upstream {
             meters
-                .overhead
+                .overhead(m)
                 .observe(elapsed.saturating_sub(u).as_secs_f64());
         }
         access::log(&AccessRecord {

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// A label value shared by reference, so recording a request allocates no
 /// strings (route templates are interned, model ids come with the target).
@@ -155,14 +155,45 @@ fn overhead_buckets() -> impl Iterator<Item = f64> {
 
 /// The series one finished request of a route and model records, looked up
 /// once per pair: recording a request then hashes no labels (each family
-/// lookup hashes its label set with SipHash under a lock).
+/// lookup hashes its label set with SipHash under a lock). The 200 counter
+/// and the overhead histogram are registered when first recorded, so a pair
+/// that never answers 200 or never reaches an upstream exports neither.
 pub struct RouteMeters {
-    /// `warder_http_requests_total{route,model,status="200"}`.
-    pub ok: Counter,
+    route: Label,
+    model: Label,
+    ok: OnceLock<Counter>,
     /// `warder_http_request_duration_seconds{route,model}`.
     pub duration: Histogram,
+    overhead: OnceLock<Histogram>,
+}
+
+impl RouteMeters {
+    /// `warder_http_requests_total{route,model,status="200"}`.
+    pub fn ok(&self, metrics: &Metrics) -> &Counter {
+        self.ok.get_or_init(|| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: self.route.clone(),
+                    model: self.model.clone(),
+                    status: 200,
+                })
+                .clone()
+        })
+    }
+
     /// `warder_gateway_overhead_seconds{route,model}`.
-    pub overhead: Histogram,
+    pub fn overhead(&self, metrics: &Metrics) -> &Histogram {
+        self.overhead.get_or_init(|| {
+            metrics
+                .overhead
+                .get_or_create(&RouteLabels {
+                    route: self.route.clone(),
+                    model: self.model.clone(),
+                })
+                .clone()
+        })
+    }
 }
 
 /// Route label → model label → its meters.
@@ -399,21 +430,18 @@ impl Metrics {
                 return meters.clone();
             }
         }
-        let labels = RouteLabels {
+        let meters = Arc::new(RouteMeters {
             route: route.clone(),
             model: model.clone(),
-        };
-        let meters = Arc::new(RouteMeters {
-            ok: self
-                .requests
-                .get_or_create(&RequestLabels {
+            ok: OnceLock::new(),
+            duration: self
+                .request_duration
+                .get_or_create(&RouteLabels {
                     route: route.clone(),
                     model: model.clone(),
-                    status: 200,
                 })
                 .clone(),
-            duration: self.request_duration.get_or_create(&labels).clone(),
-            overhead: self.overhead.get_or_create(&labels).clone(),
+            overhead: OnceLock::new(),
         });
         if let Ok(mut m) = self.meters.write() {
             m.entry(route.clone())

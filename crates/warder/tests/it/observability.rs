@@ -195,8 +195,9 @@ async fn a_warm_predict_does_not_touch_the_store(b: Backend) {
 }
 
 /// The per-route series are looked up once and then recorded from a cache:
-/// every request still counts once, in its own status, and the histograms
-/// see exactly the requests they should.
+/// every request still counts once, in its own status, whichever way it was
+/// dispatched, the histograms see exactly the requests they should, and a
+/// series nothing was recorded in is not exported.
 async fn request_series_count_each_request_once(b: Backend) {
     let app = spawn_app(b).await;
     let up = fake_upstream().await;
@@ -219,15 +220,43 @@ async fn request_series_count_each_request_once(b: Backend) {
             .expect("sent");
         assert_eq!(r.status(), 400);
     }
+    // The router's way (a percent-encoded path) records into the same series.
+    let r = app
+        .predict(&c.key, "/models/%73er/predict", json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // Refused before the model is known: no empty 200 or overhead series.
+    let r = app
+        .client
+        .post(format!("{}/models/ser/predict", app.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 401);
     let text = app.metrics().await;
     let id = &m.model_id;
     let route = "route=\"/models/{model}/predict\"";
+    for absent in [
+        format!("warder_http_requests_total{{{route},model=\"\",status=\"200\"}}"),
+        format!("warder_gateway_overhead_seconds_count{{{route},model=\"\"}}"),
+    ] {
+        assert!(!text.contains(&absent), "{absent} in\n{text}");
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            &format!("warder_http_requests_total{{{route},model=\"\",status=\"401\"}}")
+        ),
+        1.0,
+        "{text}"
+    );
     let series = |name: &str, extra: &str| {
         metric_value(&text, &format!("{name}{{{route},model=\"{id}\"{extra}}}"))
     };
     assert_eq!(
         series("warder_http_requests_total", ",status=\"200\""),
-        3.0,
+        4.0,
         "{text}"
     );
     assert_eq!(
@@ -237,12 +266,12 @@ async fn request_series_count_each_request_once(b: Backend) {
     );
     assert_eq!(
         series("warder_http_request_duration_seconds_count", ""),
-        5.0,
+        6.0,
         "{text}"
     );
     assert_eq!(
         series("warder_gateway_overhead_seconds_count", ""),
-        3.0,
+        4.0,
         "{text}"
     );
     assert_eq!(
@@ -250,7 +279,7 @@ async fn request_series_count_each_request_once(b: Backend) {
             &text,
             &format!("warder_upstream_duration_seconds_count{{model=\"{id}\"}}")
         ),
-        3.0,
+        4.0,
         "{text}"
     );
 }
