@@ -537,7 +537,7 @@ fn envelope(request_id: &str, target: &Target, output: &Bytes) -> Response {
 }
 
 async fn collect_limited(
-    body: hyper::body::Incoming,
+    body: crate::upstream::UpstreamBody,
     limit: usize,
     within: Duration,
 ) -> Option<Bytes> {

@@ -23,8 +23,24 @@ async fn bad_keys_are_401_in_the_error_shape(b: Backend) {
     let url = format!("{}/models/m/predict", app.url);
     let unknown = warder_core::ApiKey::generate().expose();
     let c = app.caller("u", &["m"], None).await;
-    // Right public id, wrong secret.
+    // Right public id, wrong secret: refused before and after the right
+    // secret has been seen (and is recognised without hashing).
     let wrong_secret = format!("wdr_{}_{}", c.key_id, "A".repeat(40));
+    let (s, body, _) = json_of(
+        app.client
+            .post(&url)
+            .header("Authorization", format!("Api-Key {wrong_secret}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_error(s, &body, 401, "UNAUTHENTICATED");
+    for _ in 0..2 {
+        let r = app.predict(&c.key, "/models/m/predict", json!({})).await;
+        assert_eq!(r.status(), 200);
+    }
     for header in [
         None,
         Some("Api-Key".to_owned()),
@@ -41,7 +57,10 @@ async fn bad_keys_are_401_in_the_error_shape(b: Backend) {
         assert_error(s, &body, 401, "UNAUTHENTICATED");
         assert_eq!(headers["www-authenticate"], "Api-Key", "{header:?}");
     }
-    assert_eq!(up.log.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let r = app.predict(&c.key, "/models/m/predict", json!({})).await;
+    assert_eq!(r.status(), 200);
+    // Only the three calls with the right secret reached the model.
+    assert_eq!(up.log.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 async fn revocation_is_effective_on_the_next_request(b: Backend) {

@@ -1,14 +1,19 @@
 //! The pooled HTTP client every call to a model server or fallback goes through.
 //!
 //! Keep-alive pools per host, `TCP_NODELAY` on every connection, HTTP and
-//! HTTPS. An error says where it came from and whether a retry is safe: only
+//! HTTPS: plain `http://` upstreams go through warder's own HTTP/1 pool
+//! ([`pool`]), HTTPS ones through hyper-util's client (TLS, HTTP/2). An error says where it came from and whether a retry is safe: only
 //! a failure to connect (no byte of the request sent) is retried, once, and
 //! only when the caller can replay the body.
 
+mod pool;
+
+pub use pool::UpstreamBody;
+
 use axum::body::Body;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -51,6 +56,9 @@ pub struct UpstreamError {
 /// The shared upstream client; cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
+    /// `http://` upstreams.
+    plain: pool::Http1Pool,
+    /// Everything else (`https://`).
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
@@ -67,6 +75,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let plain = pool::Http1Pool::new(http.clone());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -74,10 +83,23 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(pool::MAX_IDLE_PER_HOST)
             .build(https);
-        UpstreamClient { client }
+        UpstreamClient { plain, client }
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if request.uri().scheme() == Some(&Scheme::HTTP) {
+            return self.plain.send(request).await;
+        }
+        match self.client.request(request).await {
+            Ok(r) => Ok(r.map(UpstreamBody::plain)),
+            Err(e) => Err(classify(&e)),
+        }
     }
 
     /// Sends a request whose body cannot be replayed (streaming).
@@ -85,15 +107,14 @@ impl UpstreamClient {
         &self,
         request: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.dispatch(request)).await {
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 retry_safe: false,
                 message: format!("no answer within {} ms", timeout.as_millis()),
             }),
-            Ok(Err(e)) => Err(classify(&e)),
-            Ok(Ok(r)) => Ok(r),
+            Ok(result) => result,
         }
     }
 
@@ -104,7 +125,7 @@ impl UpstreamClient {
         build: impl Fn(Bytes) -> Request<Body>,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let deadline = tokio::time::Instant::now() + timeout;
         match self.send(build(body.clone()), timeout).await {
             Err(e) if e.retry_safe => {

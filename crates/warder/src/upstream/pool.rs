@@ -1,0 +1,531 @@
+//! The keep-alive pool of plain-HTTP/1 upstream connections.
+//!
+//! Written on `hyper::client::conn::http1` because hyper-util's general
+//! client cost about a seventh of a warm predict's instructions (callgrind)
+//! for work a plain `http://` model server does not need: its pool key
+//! hashes the scheme and authority byte by byte with SipHash on checkout and
+//! again on return, it formats a `Host` value, and it spawns a task per
+//! request to wait for the connection to become idle again. Here a host's
+//! pool is found by its authority string, its `Host` value is made once, and
+//! a connection goes back to the pool from the response body itself, when
+//! the body has been read to its end. HTTPS upstreams keep hyper-util's
+//! client (TLS, ALPN, HTTP/2).
+//!
+//! Failure modes, as hyper-util's client handles them:
+//! - a pooled connection the server closed while it was idle is noticed
+//!   before use (or when hyper hands the unsent request back) and the
+//!   request goes on another connection; nothing was sent, so nothing runs
+//!   twice;
+//! - a response body dropped before its end (caller gone, timeout, too
+//!   large) closes its connection instead of returning it;
+//! - connections idle for longer than [`IDLE_TIMEOUT`] are not reused (a
+//!   middlebox may have dropped them silently), and at most
+//!   [`MAX_IDLE_PER_HOST`] wait per host.
+
+use super::{error_chain, UpstreamError, UpstreamErrorKind};
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+/// An idle connection older than this is closed rather than reused.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per host.
+pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
+
+/// Plain-HTTP/1 connections, pooled per host; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Http1Pool {
+    hosts: Arc<Mutex<HashMap<Box<str>, Arc<Host>, crate::FastHash>>>,
+    connector: HttpConnector,
+}
+
+/// One upstream host (authority) and its idle connections.
+pub(crate) struct Host {
+    /// `Host` header for requests that bring none.
+    host_header: Option<HeaderValue>,
+    /// `http://authority/`, what the connector dials.
+    dial: Uri,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data are plain collections changed in single calls: a
+    // panic elsewhere cannot leave them half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Http1Pool {
+    /// A pool dialing through `connector` (`TCP_NODELAY`, connect timeout).
+    pub(crate) fn new(connector: HttpConnector) -> Http1Pool {
+        Http1Pool {
+            hosts: Arc::new(Mutex::new(HashMap::default())),
+            connector,
+        }
+    }
+
+    /// Sends `request` (absolute `http://` URI) on a pooled or new connection.
+    pub(crate) async fn send(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let host = self.host(request.uri())?;
+        if let Some(value) = &host.host_header {
+            if !request.headers().contains_key(HOST) {
+                request.headers_mut().insert(HOST, value.clone());
+            }
+        }
+        // Origin form (`/path?query`): what an origin server expects.
+        let origin = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map(Uri::from)
+            .unwrap_or_else(|| Uri::from_static("/"));
+        *request.uri_mut() = origin;
+        loop {
+            let (mut sender, reused) = match host.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect(&host).await?, false),
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue; // closed while idle; nothing was sent
+                }
+                return Err(UpstreamError {
+                    kind: UpstreamErrorKind::Reset,
+                    retry_safe: true,
+                    message: "the new connection closed before the request was sent".into(),
+                });
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let home = Some((sender, host));
+                    return Ok(response.map(|inner| UpstreamBody::pooled(inner, home)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Handed back unsent: the connection closed under us.
+                    Some(unsent) if reused => request = unsent,
+                    unsent => {
+                        return Err(UpstreamError {
+                            kind: UpstreamErrorKind::Reset,
+                            retry_safe: unsent.is_some(),
+                            message: error_chain(e.error()),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    fn host(&self, uri: &Uri) -> Result<Arc<Host>, UpstreamError> {
+        let Some(authority) = uri.authority() else {
+            return Err(UpstreamError {
+                kind: UpstreamErrorKind::Connect,
+                retry_safe: false,
+                message: format!("upstream URL '{uri}' has no host"),
+            });
+        };
+        let mut hosts = lock(&self.hosts);
+        if let Some(host) = hosts.get(authority.as_str()) {
+            return Ok(host.clone());
+        }
+        let host_header = match uri.port() {
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+            None => HeaderValue::from_str(authority.host()),
+        }
+        .ok();
+        let dial = Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError {
+                kind: UpstreamErrorKind::Connect,
+                retry_safe: false,
+                message: e.to_string(),
+            })?;
+        let host = Arc::new(Host {
+            host_header,
+            dial,
+            idle: Mutex::new(VecDeque::new()),
+        });
+        hosts.insert(authority.as_str().into(), host.clone());
+        Ok(host)
+    }
+
+    async fn connect(&self, host: &Host) -> Result<SendRequest<Body>, UpstreamError> {
+        let connect_error = |message: String| UpstreamError {
+            kind: UpstreamErrorKind::Connect,
+            retry_safe: true,
+            message,
+        };
+        let io = self
+            .connector
+            .clone()
+            .oneshot(host.dial.clone())
+            .await
+            .map_err(|e| connect_error(error_chain(&e)))?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| connect_error(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Host {
+    /// The most recently used idle connection still open, if any.
+    fn checkout(&self) -> Option<SendRequest<Body>> {
+        let mut idle = lock(&self.idle);
+        while let Some(entry) = idle.pop_back() {
+            if entry.since.elapsed() > IDLE_TIMEOUT {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Takes a connection back once its response has been read to the end.
+    fn put(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= MAX_IDLE_PER_HOST {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+}
+
+/// An upstream response body. When it came over a pooled connection, the
+/// connection goes back to its pool as soon as the body has been read to
+/// its end; dropped before that, the connection is closed.
+pub struct UpstreamBody {
+    inner: Incoming,
+    home: Option<(SendRequest<Body>, Arc<Host>)>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn plain(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, home: None }
+    }
+
+    fn pooled(inner: Incoming, home: Option<(SendRequest<Body>, Arc<Host>)>) -> UpstreamBody {
+        let mut body = UpstreamBody { inner, home };
+        if body.inner.is_end_stream() {
+            body.release(); // no body at all (204, `Content-Length: 0`)
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, host)) = self.home.take() {
+            host.put(sender);
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.home.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // A broken body leaves a connection nobody should reuse.
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// How the test server answers.
+    #[derive(Clone, Copy)]
+    enum Mode {
+        /// `ok` on a kept-alive connection.
+        KeepAlive,
+        /// `ok`, then the server closes the connection (no `Connection: close`).
+        CloseAfterAnswer,
+        /// A 4 MiB body.
+        Large,
+        /// `ok` after 100 ms.
+        Slow,
+    }
+
+    /// A raw HTTP/1.1 server on loopback: counts connections, records each
+    /// request head.
+    struct Server {
+        url: String,
+        accepted: Arc<AtomicUsize>,
+        heads: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn server(mode: Mode) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (accepted.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_connection(stream, mode, h.clone()));
+            }
+        });
+        Server {
+            url,
+            accepted,
+            heads,
+        }
+    }
+
+    async fn serve_connection(mut stream: TcpStream, mode: Mode, heads: Arc<Mutex<Vec<String>>>) {
+        let mut buf = Vec::new();
+        loop {
+            // Read one request head and its Content-Length body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..head_end + length);
+            lock(&heads).push(head);
+            let body = match mode {
+                Mode::Large => vec![b'x'; 4 << 20],
+                _ => b"ok".to_vec(),
+            };
+            if let Mode::Slow = mode {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            if stream.write_all(answer.as_bytes()).await.is_err()
+                || stream.write_all(&body).await.is_err()
+            {
+                return;
+            }
+            if let Mode::CloseAfterAnswer = mode {
+                return;
+            }
+        }
+    }
+
+    fn pool() -> Http1Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Http1Pool::new(connector)
+    }
+
+    fn request(url: &str) -> Request<Body> {
+        let mut r = Request::new(Body::from("{}"));
+        *r.method_mut() = http::Method::POST;
+        *r.uri_mut() = url.parse().expect("uri");
+        r
+    }
+
+    async fn call(pool: &Http1Pool, url: &str) -> Bytes {
+        let response = pool.send(request(url)).await.expect("answered");
+        assert_eq!(response.status(), 200);
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
+    fn idle(pool: &Http1Pool, url: &str) -> usize {
+        let host = pool.host(&url.parse().expect("uri")).expect("host");
+        host.idle_count()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection_in_origin_form_with_a_host() {
+        let s = server(Mode::KeepAlive).await;
+        let pool = pool();
+        let url = format!("{}/v1/x?y=1", s.url);
+        for _ in 0..20 {
+            assert_eq!(call(&pool, &url).await, "ok");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(idle(&pool, &url), 1);
+        let heads = lock(&s.heads).clone();
+        assert_eq!(heads.len(), 20);
+        let authority = s.url.trim_start_matches("http://");
+        let head = heads[0].to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/x?y=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nhost: {authority}\r\n")),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closed_while_idle_are_replaced_without_an_error() {
+        let s = server(Mode::CloseAfterAnswer).await;
+        let pool = pool();
+        for n in 1..=5 {
+            assert_eq!(call(&pool, &s.url).await, "ok");
+            // Let the pool's connection see the close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(s.accepted.load(Ordering::SeqCst), n);
+        }
+        assert_eq!(
+            lock(&s.heads).len(),
+            5,
+            "every request reached the server once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let s = server(Mode::Large).await;
+        let pool = pool();
+        let response = pool.send(request(&s.url)).await.expect("answered");
+        assert_eq!(response.status(), 200);
+        drop(response);
+        assert_eq!(
+            idle(&pool, &s.url),
+            0,
+            "a half-read connection is not pooled"
+        );
+        // The next request gets a connection of its own and reads it all,
+        // which returns that connection.
+        assert_eq!(call(&pool, &s.url).await.len(), 4 << 20);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(idle(&pool, &s.url), 1);
+        assert_eq!(call(&pool, &s.url).await.len(), 4 << 20);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_a_connection_and_give_it_back() {
+        let s = server(Mode::Slow).await;
+        let pool = pool();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, url) = (pool.clone(), s.url.clone());
+                tokio::spawn(async move { call(&pool, &url).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.expect("joined"), "ok");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 8);
+        assert_eq!(idle(&pool, &s.url), 8);
+        for _ in 0..8 {
+            assert_eq!(call(&pool, &s.url).await, "ok");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 8, "all reused");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_safe_to_retry() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        drop(listener);
+        let e = pool().send(request(&url)).await.expect_err("refused");
+        assert_eq!(e.kind, UpstreamErrorKind::Connect);
+        assert!(e.retry_safe);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_are_not_reused() {
+        let s = server(Mode::KeepAlive).await;
+        let pool = pool();
+        assert_eq!(call(&pool, &s.url).await, "ok");
+        let host = pool.host(&s.url.parse().expect("uri")).expect("host");
+        // Age the idle connection past the timeout.
+        for entry in lock(&host.idle).iter_mut() {
+            entry.since -= IDLE_TIMEOUT + Duration::from_secs(1);
+        }
+        assert_eq!(call(&pool, &s.url).await, "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(host.idle_count(), 1);
+    }
+}
