@@ -142,7 +142,40 @@ def figures(res):
         v = w["startup_ms"]
         b.append({"check": "startup to ready (embedded, spawn → /readyz 200)", "value": v,
                   "unit": "ms", "budget": "< 200", "ok": v < 200})
+    fig["limits"] = limits(fig, (res.get("meta") or {}).get("host", {}).get("cores"))
     return fig
+
+
+def limits(fig, cores):
+    """What bounds a missed budget line, from this run's own figures: how much
+    of the CPU budget the bare stack leaves, and how many cores PostgreSQL
+    alone would need for the async target."""
+    out = []
+    c = fig["closed"]
+    nginx = (c.get("nginx") or {}).get("cpu_ms_per_1k")
+    floor = (c.get("floor") or {}).get("cpu_ms_per_1k")
+    if nginx and floor:
+        # CPU-ms per 1 000 requests is CPU-µs per request.
+        room = 1.5 * nginx - floor
+        line = (f"CPU per request: nginx {nginx:.1f} µs; the bare stack with nothing of warder's "
+                f"own {floor:.1f} µs ({floor / nginx:.2f}× nginx). The 1.5× budget "
+                f"({1.5 * nginx:.1f} µs) leaves {room:.1f} µs on top of the stack for "
+                f"authentication, rate limiting, metrics, the log line and JSON checks")
+        more = [f"{(c.get(n) or {}).get('cpu_ms_per_1k') - floor:.1f} µs ({label})"
+                for n, label in (("warder", "envelope"), ("warder-raw", "raw"))
+                if (c.get(n) or {}).get("cpu_ms_per_1k")]
+        if more:
+            line += "; warder costs " + " and ".join(more) + " more than the bare stack"
+        out.append(line + ".")
+    pg = fig["async"].get("warder-async-pg") or {}
+    if pg.get("store_cpu_ms_per_1k"):
+        store, own = pg["store_cpu_ms_per_1k"], pg.get("cpu_ms_per_1k") or 0
+        out.append(f"Async on PostgreSQL: the PostgreSQL server used {store:.0f} CPU-ms per "
+                   f"1 000 jobs and warder {own:.0f}. 10 000 jobs/s would take "
+                   f"{store * 10 / 1000:.2f} cores for PostgreSQL alone and "
+                   f"{(store + own) * 10 / 1000:.2f} with warder, on a machine of "
+                   f"{cores or os.cpu_count()} cores that also runs the load generator.")
+    return out
 
 
 def problems(res, quick):
@@ -269,6 +302,12 @@ def markdown(res):
         L.append(f"| {b['check']} | {_f(b['value'], fmt)} {b['unit']} | {b['budget']} {b['unit']}"
                  f" | {mark} |")
     L.append("")
+    if fig.get("limits"):
+        L.append("**What bounds the missed lines** (from this run's figures)")
+        L.append("")
+        for line in fig["limits"]:
+            L.append(f"- {line}")
+        L.append("")
     if res["unavailable"] or res["notes"] or res.get("problems") or res.get("skipped_rates"):
         L.append("**Not measured, notes**")
         L.append("")

@@ -158,10 +158,10 @@ FLOOR_LABEL = "bare hyper proxy (stack floor: no auth, limits, metrics or log)"
 
 
 def start_bare_proxy(procs, binary, core, tmp, upstream):
-    """bench-upstream's `bare-proxy`: warder's HTTP stack (tokio, hyper server,
-    hyper-util pooled client) with nothing of warder's own on top. What it costs
-    is the floor any gateway on this stack pays; warder minus floor is what
-    warder's features cost."""
+    """bench-upstream's `bare-proxy`: the stack warder's server is built on (tokio,
+    hyper server) with hyper-util's pooled client (warder's own plain-HTTP pool
+    is leaner) and nothing of warder's own on top. What it costs is the floor
+    any gateway on this stack pays."""
     out_path = os.path.join(tmp, "bare-proxy.out")
     port = free_port()
     with open(out_path, "wb") as out:

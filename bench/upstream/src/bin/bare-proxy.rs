@@ -1,9 +1,11 @@
-//! The floor of the benchmark: the smallest reverse proxy on warder's own
-//! HTTP stack (tokio multi-thread runtime, hyper server, hyper-util pooled
-//! client, `TCP_NODELAY` both ways) with no authentication, no rate limit,
-//! no metrics and no log line. What it costs per request is what any
-//! gateway built on this stack pays before doing anything of its own, so
-//! the report can tell warder's own work from the stack's.
+//! The floor of the benchmark: the smallest reverse proxy on the stack
+//! warder's server is built on (tokio multi-thread runtime, hyper server)
+//! with hyper-util's pooled client (`TCP_NODELAY` both ways), and no
+//! authentication, no rate limit, no metrics and no log line. What it costs
+//! per request is what any gateway built on this stack pays before doing
+//! anything of its own. (warder's own pool for `http://` upstreams is
+//! leaner than hyper-util's client, so warder's margin over this floor
+//! understates what its features cost.)
 //!
 //! Usage: `bare-proxy LISTEN_ADDR UPSTREAM_URL`; prints `listening on ADDR`.
 
