@@ -48,10 +48,7 @@ pub async fn fallback(State(state): State<SharedState>, req: Request) -> Respons
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri.clone();
     copy_end_to_end_headers(&parts.headers, out.headers_mut());
-    if let Some(host) = uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
+    if let Some(host) = crate::upstream::host_header(&uri) {
         out.headers_mut().insert(header::HOST, host);
     }
     if let Some(original_host) = parts.headers.get(header::HOST) {

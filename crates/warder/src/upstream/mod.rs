@@ -2,13 +2,32 @@
 //!
 //! Keep-alive pools per host, `TCP_NODELAY` on every connection, HTTP and
 //! HTTPS: plain `http://` upstreams go through warder's own HTTP/1 pool
-//! ([`pool`]), HTTPS ones through hyper-util's client (TLS, HTTP/2). An error says where it came from and whether a retry is safe: only
-//! a failure to connect (no byte of the request sent) is retried, once, and
-//! only when the caller can replay the body.
+//! ([`pool`]), HTTPS ones through hyper-util's client (TLS, HTTP/2). An
+//! error says where it came from and whether a retry is safe: only a failure
+//! that sent no byte of the request (could not connect, or a new connection
+//! closed before the request went out) is retried, once, and only when the
+//! caller can replay the body.
 
 mod pool;
 
 pub use pool::UpstreamBody;
+
+use http::header::HeaderValue;
+use http::Uri;
+
+/// The `Host` value for a request to `uri`: its host, and its port unless
+/// it is the scheme's default; never the userinfo.
+pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match uri.port_u16() {
+        Some(port) if port != default => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -166,4 +185,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_drop_default_ports_and_userinfo() {
+        let host = |u: &str| host_header(&u.parse().expect("uri")).expect("host");
+        assert_eq!(host("http://m:80/x"), "m");
+        assert_eq!(host("http://m:8080/x"), "m:8080");
+        assert_eq!(host("https://m:443/"), "m");
+        assert_eq!(host("https://m:80/"), "m:80");
+        assert_eq!(host("http://user:pw@m:9000/"), "m:9000");
+        assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
+    }
 }

@@ -11,11 +11,17 @@
 //! the body has been read to its end. HTTPS upstreams keep hyper-util's
 //! client (TLS, ALPN, HTTP/2).
 //!
-//! Failure modes, as hyper-util's client handles them:
+//! Failure modes, handled as hyper-util's client handles them:
+//! - a connection goes back to the pool only once hyper says it is ready for
+//!   another request: when its answer has been read to the end *and* its
+//!   request has been written out (an upstream may answer early, a 413 say,
+//!   while the request body is still being sent); otherwise a task waits
+//!   for that, and a new request meanwhile dials a connection of its own;
 //! - a pooled connection the server closed while it was idle is noticed
 //!   before use (or when hyper hands the unsent request back) and the
 //!   request goes on another connection; nothing was sent, so nothing runs
-//!   twice;
+//!   twice; a request the upstream received but did not answer is never
+//!   sent again;
 //! - a response body dropped before its end (caller gone, timeout, too
 //!   large) closes its connection instead of returning it;
 //! - connections idle for longer than [`IDLE_TIMEOUT`] are not reused (a
@@ -43,10 +49,13 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per host.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
 
+/// Hosts by authority (`host:port` as written in the URL).
+type Hosts = HashMap<Box<str>, Arc<Host>, crate::FastHash>;
+
 /// Plain-HTTP/1 connections, pooled per host; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Http1Pool {
-    hosts: Arc<Mutex<HashMap<Box<str>, Arc<Host>, crate::FastHash>>>,
+    hosts: Arc<Mutex<Hosts>>,
     connector: HttpConnector,
 }
 
@@ -145,11 +154,7 @@ impl Http1Pool {
         if let Some(host) = hosts.get(authority.as_str()) {
             return Ok(host.clone());
         }
-        let host_header = match uri.port() {
-            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-            None => HeaderValue::from_str(authority.host()),
-        }
-        .ok();
+        let host_header = super::host_header(uri);
         let dial = Uri::builder()
             .scheme("http")
             .authority(authority.clone())
@@ -211,19 +216,25 @@ impl Host {
         None
     }
 
-    /// Takes a connection back once its response has been read to the end.
+    /// Takes back a connection ready for another request.
     fn put(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
+        // The oldest are at the front: close those past the timeout, and one
+        // more when the pool is full.
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
         if idle.len() >= MAX_IDLE_PER_HOST {
             idle.pop_front();
         }
-        idle.push_back(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        idle.push_back(Idle { sender, since: now });
     }
 
     #[cfg(test)]
@@ -253,9 +264,23 @@ impl UpstreamBody {
         body
     }
 
+    /// The answer has been read to its end: the connection goes back as soon
+    /// as hyper is done with the request too (at once, unless the upstream
+    /// answered before it had all of the request body).
     fn release(&mut self) {
-        if let Some((sender, host)) = self.home.take() {
+        let Some((mut sender, host)) = self.home.take() else {
+            return;
+        };
+        if sender.is_ready() {
             host.put(sender);
+        } else if !sender.is_closed() {
+            // Bounded: an upstream that neither reads the rest nor closes
+            // loses its connection after the idle timeout.
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                    host.put(sender);
+                }
+            });
         }
     }
 }
@@ -315,6 +340,20 @@ mod tests {
         Large,
         /// `ok` after 100 ms.
         Slow,
+        /// `ok` with `Connection: close`, then the server closes.
+        ConnectionClose,
+        /// An HTTP/1.0 answer (not kept alive), then the server closes.
+        Http10,
+        /// `ok` as a chunked body.
+        Chunked,
+        /// `204 No Content`.
+        NoContent,
+        /// Answers a connection's first request; reads its second and closes
+        /// without answering.
+        SwallowSecond,
+        /// `413` as soon as the request head is in, without reading the body;
+        /// the connection stays open.
+        EarlyAnswer,
     }
 
     /// A raw HTTP/1.1 server on loopback: counts connections, records each
@@ -346,7 +385,7 @@ mod tests {
 
     async fn serve_connection(mut stream: TcpStream, mode: Mode, heads: Arc<Mutex<Vec<String>>>) {
         let mut buf = Vec::new();
-        loop {
+        for served in 0.. {
             // Read one request head and its Content-Length body.
             let head_end = loop {
                 if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -359,6 +398,14 @@ mod tests {
                 }
             };
             let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            if let Mode::EarlyAnswer = mode {
+                lock(&heads).push(head);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                return;
+            }
             let length: usize = head
                 .lines()
                 .find_map(|l| {
@@ -380,16 +427,37 @@ mod tests {
                 Mode::Large => vec![b'x'; 4 << 20],
                 _ => b"ok".to_vec(),
             };
-            if let Mode::Slow = mode {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-            if stream.write_all(answer.as_bytes()).await.is_err()
-                || stream.write_all(&body).await.is_err()
-            {
+            let answer = match mode {
+                Mode::Slow => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()
+                }
+                Mode::SwallowSecond if served == 1 => return,
+                Mode::ConnectionClose => {
+                    "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".into()
+                }
+                Mode::Http10 => "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok".into(),
+                Mode::Chunked => {
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                        .into()
+                }
+                Mode::NoContent => "HTTP/1.1 204 No Content\r\n\r\n".into(),
+                _ => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()),
+            };
+            if stream.write_all(answer.as_bytes()).await.is_err() {
                 return;
             }
-            if let Mode::CloseAfterAnswer = mode {
+            let inline = matches!(
+                mode,
+                Mode::Slow | Mode::ConnectionClose | Mode::Http10 | Mode::Chunked | Mode::NoContent
+            );
+            if !inline && stream.write_all(&body).await.is_err() {
+                return;
+            }
+            if matches!(
+                mode,
+                Mode::CloseAfterAnswer | Mode::ConnectionClose | Mode::Http10
+            ) {
                 return;
             }
         }
@@ -402,7 +470,11 @@ mod tests {
     }
 
     fn request(url: &str) -> Request<Body> {
-        let mut r = Request::new(Body::from("{}"));
+        request_with(url, Body::from("{}"))
+    }
+
+    fn request_with(url: &str, body: Body) -> Request<Body> {
+        let mut r = Request::new(body);
         *r.method_mut() = http::Method::POST;
         *r.uri_mut() = url.parse().expect("uri");
         r
@@ -460,6 +532,74 @@ mod tests {
             5,
             "every request reached the server once"
         );
+    }
+
+    #[tokio::test]
+    async fn connections_that_will_not_be_kept_alive_are_never_reused() {
+        for mode in [Mode::ConnectionClose, Mode::Http10] {
+            let s = server(mode).await;
+            let pool = pool();
+            // Back to back: the request after a closing answer must not go
+            // on the connection that answered it.
+            for _ in 0..5 {
+                assert_eq!(call(&pool, &s.url).await, "ok");
+            }
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 5);
+            assert_eq!(lock(&s.heads).len(), 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_and_empty_answers_give_their_connection_back() {
+        let s = server(Mode::Chunked).await;
+        let pool = pool();
+        for _ in 0..5 {
+            assert_eq!(call(&pool, &s.url).await, "ok");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+
+        let s = server(Mode::NoContent).await;
+        for _ in 0..5 {
+            let response = pool.send(request(&s.url)).await.expect("answered");
+            assert_eq!(response.status(), 204);
+            drop(response); // its (empty) body never polled
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_received_but_not_answered_is_not_sent_again() {
+        let s = server(Mode::SwallowSecond).await;
+        let pool = pool();
+        assert_eq!(call(&pool, &s.url).await, "ok");
+        let e = pool.send(request(&s.url)).await.expect_err("no answer");
+        assert_eq!(e.kind, UpstreamErrorKind::Reset);
+        assert!(!e.retry_safe, "the upstream had the request");
+        assert_eq!(lock(&s.heads).len(), 2, "sent once");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "not resent elsewhere");
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_is_not_handed_out() {
+        let s = server(Mode::EarlyAnswer).await;
+        let pool = pool();
+        // 16 MiB: far more than the socket buffers take while the server
+        // reads nothing.
+        let big = Body::from(vec![b' '; 16 << 20]);
+        let response = pool
+            .send(request_with(&s.url, big))
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 413);
+        drop(response);
+        // The next request must not wait behind the unfinished upload.
+        let next = tokio::time::timeout(Duration::from_secs(2), pool.send(request(&s.url)))
+            .await
+            .expect("not stuck behind the upload")
+            .expect("answered");
+        assert_eq!(next.status(), 413);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
