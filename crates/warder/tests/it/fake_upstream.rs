@@ -125,6 +125,15 @@ pub async fn fake_upstream() -> FakeUpstream {
             }),
         )
         .route(
+            "/invalid_utf8",
+            post(|| async {
+                (
+                    [("content-type", "application/json")],
+                    b"{\"text\":\"\xff\"}".to_vec(),
+                )
+            }),
+        )
+        .route(
             "/invalid_json",
             post(|| async { ([("content-type", "application/json")], "{not json") }),
         )

@@ -39,6 +39,14 @@ async fn bad_predict_input_is_refused_in_the_error_shape(b: Backend) {
         h["x-request-id"],
         body["error"]["request_id"].as_str().expect("rid")
     );
+    // Well-formed, but a string that is not UTF-8.
+    let (s, body, _) = json_of(
+        post(b"{\"a\": \"\xff\"}".to_vec(), "application/json")
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_error(s, &body, 400, "INVALID_JSON");
 
     let (s, body, _) = json_of(post(b"{}".to_vec(), "text/plain").await.expect("sent")).await;
     assert_error(s, &body, 415, "UNSUPPORTED_MEDIA_TYPE");

@@ -192,11 +192,13 @@ async fn upstream_failures_are_mapped(b: Backend) {
         .await;
     app.register("badjson", &up.url("/invalid_json"), json!({}))
         .await;
+    app.register("badutf8", &up.url("/invalid_utf8"), json!({}))
+        .await;
     let c = app
         .caller(
             "erin",
             &[
-                "m422", "m404", "m500", "m503text", "slow", "dead", "badjson",
+                "m422", "m404", "m500", "m503text", "slow", "dead", "badjson", "badutf8",
             ],
             None,
         )
@@ -237,6 +239,14 @@ async fn upstream_failures_are_mapped(b: Backend) {
 
     let (s, body, _) = json_of(
         app.predict(&c.key, "/models/badjson/predict", json!({}))
+            .await,
+    )
+    .await;
+    assert_error(s, &body, 502, "UPSTREAM_ERROR");
+
+    // Well-formed but not UTF-8 inside a string: not JSON either.
+    let (s, body, _) = json_of(
+        app.predict(&c.key, "/models/badutf8/predict", json!({}))
             .await,
     )
     .await;
