@@ -276,7 +276,7 @@ impl Webhooks {
                 None if e.is_timeout() => {
                     PostError::Failed(format!("no answer within {} ms", self.timeout.as_millis()))
                 }
-                None => PostError::Failed(error_chain(&e)),
+                None => PostError::Failed(crate::upstream::error_chain(&e)),
             }),
         }
     }
@@ -297,17 +297,6 @@ fn find_refusal(e: &(dyn std::error::Error + 'static)) -> Option<Refused> {
         cur = err.source();
     }
     None
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// The webhook body; identical on every retry of one request.
