@@ -148,8 +148,10 @@ def figures(res):
 
 def limits(fig, cores):
     """What bounds a missed budget line, from this run's own figures: how much
-    of the CPU budget the bare stack leaves, and how many cores PostgreSQL
-    alone would need for the async target."""
+    of the CPU budget the bare stack leaves, what one core's throughput asks
+    of CPU per request, what the stack adds at p99 with nothing of warder's
+    own, and how many cores PostgreSQL alone would need for the async
+    target."""
     out = []
     c = fig["closed"]
     nginx = (c.get("nginx") or {}).get("cpu_ms_per_1k")
@@ -167,6 +169,31 @@ def limits(fig, cores):
         if more:
             line += "; warder costs " + " and ".join(more) + " more than the bare stack"
         out.append(line + ".")
+    w = c.get("warder") or {}
+    if nginx and floor and w.get("rps") and w.get("cpu_ms_per_1k"):
+        # One core serves at most 1 / (CPU per request): matching nginx's
+        # throughput takes nginx's CPU per request, features included.
+        rn, rf = c["nginx"].get("rps"), c["floor"].get("rps")
+        out.append(
+            f"Throughput: the system under test has one core, so it serves at most about "
+            f"1 / (CPU per request). nginx did {_f(rn)} req/s at {nginx:.1f} µs and the bare "
+            f"stack {_f(rf)} at {floor:.1f} µs; warder did {w['rps']:.0f} at "
+            f"{w['cpu_ms_per_1k']:.1f} µs. As fast as nginx means costing no more CPU than "
+            f"nginx, with authentication, rate limiting, metrics and the log line on; the "
+            f"bare stack alone already costs {floor / nginx:.2f}× nginx's CPU.")
+    rates = sorted(fig["open"].items(), key=lambda kv: int(kv[0]))
+    if rates:
+        rate, rows = rates[0]
+        got = {n: (rows.get(n) or {}).get("added_p99_us") for n in ("warder", "floor", "nginx")}
+        if None not in got.values() and got["warder"] >= 1000:
+            line = (f"p99 at a fixed rate: at {rate} req/s, the lowest rate measured, warder "
+                    f"adds {got['warder']:.0f} µs, the bare stack {got['floor']:.0f} and nginx "
+                    f"{got['nginx']:.0f}")
+            if min(got["floor"], got["nginx"]) >= 800:
+                line += (": a second process on the path, on the other core, costs about a "
+                         "millisecond at the 99th percentile on this machine before any "
+                         "feature runs")
+            out.append(line + ".")
     pg = fig["async"].get("warder-async-pg") or {}
     if pg.get("store_cpu_ms_per_1k"):
         store, own = pg["store_cpu_ms_per_1k"], pg.get("cpu_ms_per_1k") or 0

@@ -7,6 +7,7 @@
 use crate::auth::Principal;
 use crate::catalog::{Access, Limits, ResolveError, Selector, Target};
 use crate::http::error::ApiError;
+use crate::json_syntax::is_json_value;
 use crate::state::AppState;
 use crate::telemetry::metrics::{Label, ModelLabels};
 use crate::telemetry::trace::TraceContext;
@@ -270,14 +271,6 @@ async fn run(
         rate_limit_headers(response.headers_mut(), &d);
     }
     Ok(response)
-}
-
-/// One well-formed JSON value, in UTF-8 (RFC 8259 §8.1). serde_json skips
-/// the strings of a value it ignores without decoding them, so the UTF-8 is
-/// checked on its own (std's check is a fraction of the parse).
-fn is_json_value(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok()
-        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 fn invalid_json() -> ApiError {
@@ -595,15 +588,6 @@ pub const PREDICT_ERROR_STATUSES: [StatusCode; 8] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_is_checked_for_shape_and_utf8() {
-        assert!(is_json_value(br#"{"a":["b",1,null]}"#));
-        assert!(is_json_value("{\"a\":\"é\"}".as_bytes()));
-        assert!(!is_json_value(b"{\"a\":"));
-        assert!(!is_json_value(b"{\"a\":\"\xff\"}"));
-        assert!(!is_json_value(b"{} {}"));
-    }
 
     #[test]
     fn json_content_types() {

@@ -133,7 +133,7 @@ fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
 
 fn string(out: &mut Vec<u8>, s: &str) {
     // Ids and route templates need no escaping: copied as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if crate::json_syntax::is_plain_string(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
