@@ -189,10 +189,11 @@ def limits(fig, cores):
             line = (f"p99 at a fixed rate: at {rate} req/s, the lowest rate measured, warder "
                     f"adds {got['warder']:.0f} µs, the bare stack {got['floor']:.0f} and nginx "
                     f"{got['nginx']:.0f}")
-            if min(got["floor"], got["nginx"]) >= 800:
-                line += (": a second process on the path, on the other core, costs about a "
-                         "millisecond at the 99th percentile on this machine before any "
-                         "feature runs")
+            least = min(got["floor"], got["nginx"])
+            if least >= 800:
+                line += (f": a second process on the path, on the other core, costs "
+                         f"{least:.0f} µs or more at the 99th percentile on this machine "
+                         f"before any feature runs")
             out.append(line + ".")
     pg = fig["async"].get("warder-async-pg") or {}
     if pg.get("store_cpu_ms_per_1k"):
