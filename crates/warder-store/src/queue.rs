@@ -36,6 +36,16 @@ const CLAIM_SET: &str = "status = 'IN_PROGRESS', lease_owner = $1, lease_token =
 const READY: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
      AND (j.attempts > 0 OR j.queue_deadline > $3) AND v.state = 'active'";
 
+/// Queued and running jobs per version, with the version's model: each
+/// half reads one per-version partial index (`async_jobs_queued_version`,
+/// `async_jobs_running`) instead of an index over every job ever stored.
+const DEPTH: &str = "SELECT v.model_id, j.status, COUNT(*) AS n \
+     FROM model_versions v JOIN async_jobs j ON j.version_id = v.id AND j.status = 'QUEUED' \
+     GROUP BY v.model_id, j.status \
+     UNION ALL SELECT v.model_id, j.status, COUNT(*) AS n \
+     FROM model_versions v JOIN async_jobs j ON j.version_id = v.id AND j.status = 'IN_PROGRESS' \
+     GROUP BY v.model_id, j.status";
+
 /// Builds `AnyArguments` from values (all bound in order).
 macro_rules! args {
     ($($v:expr),* $(,)?) => {{
@@ -555,10 +565,11 @@ impl JobQueue for SqlStore {
     }
 
     async fn queue_counts(&self, model_id: &str) -> StoreResult<QueueCounts> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM async_jobs \
-             WHERE model_id = $1 AND status IN ('QUEUED', 'IN_PROGRESS') GROUP BY status",
-        )
+        // Through the model's versions, so that each count reads one
+        // per-version partial index (see `DEPTH`).
+        let rows = sqlx::query(&format!(
+            "SELECT status, CAST(SUM(n) AS BIGINT) AS n FROM ({DEPTH}) AS d WHERE model_id = $1 GROUP BY status"
+        ))
         .bind(model_id)
         .fetch_all(self.pool())
         .await
@@ -576,10 +587,9 @@ impl JobQueue for SqlStore {
     }
 
     async fn depth_by_model(&self) -> StoreResult<Vec<(String, JobStatus, u64)>> {
-        let rows = sqlx::query(
-            "SELECT model_id, status, COUNT(*) AS n FROM async_jobs \
-             WHERE status IN ('QUEUED', 'IN_PROGRESS') GROUP BY model_id, status",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT model_id, status, CAST(SUM(n) AS BIGINT) AS n FROM ({DEPTH}) AS d GROUP BY model_id, status"
+        ))
         .fetch_all(self.pool())
         .await
         .map_err(map_err)?;

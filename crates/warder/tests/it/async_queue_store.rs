@@ -14,7 +14,8 @@ use warder_core::{
 scenarios!(
     a_stale_lease_cannot_finish_a_job_running_under_a_new_one,
     a_batch_of_submits_is_one_group_commit_with_idempotency,
-    a_batch_of_outcomes_is_fenced_item_by_item
+    a_batch_of_outcomes_is_fenced_item_by_item,
+    queue_depth_is_counted_per_model_and_status
 );
 
 async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
@@ -249,4 +250,75 @@ async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
         !applied[ids.len()],
         "a second result for the same lease is refused"
     );
+}
+
+/// Queue counts and the depth gauges' figures are per model and status: a
+/// job of one model never counts for another, finished jobs count nowhere,
+/// and a model with two versions counts both.
+async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
+    let (app, a, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let other = app
+        .register("other", "http://127.0.0.1:9/", json!({}))
+        .await;
+    let (_, second) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/models/queued/versions",
+            Some(json!({"upstream_url": "http://127.0.0.1:9/"})),
+        )
+        .await;
+    let a2 = Registered {
+        model_id: a.model_id.clone(),
+        name: a.name.clone(),
+        version_id: second["id"].as_str().expect("version id").to_owned(),
+    };
+    let mut jobs = Vec::new();
+    for n in 0..3 {
+        jobs.push(job(&a, &caller, &request_id(40 + n), None));
+    }
+    jobs.push(job(&a2, &caller, &request_id(43), None));
+    for n in 0..2 {
+        jobs.push(job(&other, &caller, &request_id(50 + n), None));
+    }
+    for r in store.enqueue_jobs(jobs).await.expect("enqueue") {
+        r.expect("created");
+    }
+    // Two running (the oldest, both of model `queued`), one of them finished.
+    let now = Timestamp::now();
+    let leases = store
+        .claim_jobs("w", now, Timestamp(now.0 + 60_000), 2)
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), 2);
+    assert!(leases.iter().all(|l| l.job.model_id == a.model_id));
+    let done = store
+        .finish_jobs(
+            &[Finish {
+                id: leases[0].job.id.clone(),
+                token: leases[0].token,
+                outcome: Outcome::Succeeded("{}".to_owned()),
+                errors: Vec::new(),
+            }],
+            now,
+            Timestamp(now.0 + 60_000),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true]);
+
+    let counts = store.queue_counts(&a.model_id).await.expect("counts");
+    assert_eq!((counts.queued, counts.in_progress), (2, 1));
+    let counts = store.queue_counts(&other.model_id).await.expect("counts");
+    assert_eq!((counts.queued, counts.in_progress), (2, 0));
+
+    let mut depth = store.depth_by_model().await.expect("depth");
+    depth.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    let mut expected = vec![
+        (a.model_id.clone(), JobStatus::InProgress, 1),
+        (a.model_id.clone(), JobStatus::Queued, 2),
+        (other.model_id.clone(), JobStatus::Queued, 2),
+    ];
+    expected.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    assert_eq!(depth, expected);
 }
