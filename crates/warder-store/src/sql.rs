@@ -3,7 +3,7 @@
 use crate::rows;
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use warder_core::*;
@@ -13,6 +13,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// How long a SQLite queue write waits for the writer connection, at least.
 const WRITER_WAIT: Duration = Duration::from_secs(10);
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// Which SQL dialect a store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +102,24 @@ impl SqlStore {
                 ));
             };
         let pool_options = |max: u32, acquire_timeout: Duration| {
+            // sqlx pings a connection on every acquire by default: on
+            // PostgreSQL a round trip, and a wake-up of its server process,
+            // before every statement or transaction. A connection that was
+            // in use within the last second is handed out as it is; one idle
+            // longer is pinged first, so a server restart is still noticed
+            // before a caller's statement fails on a dead connection.
             let mut pool = AnyPoolOptions::new()
                 .max_connections(max)
-                .acquire_timeout(acquire_timeout);
+                .acquire_timeout(acquire_timeout)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_WHEN_IDLE {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                });
             if dialect == Dialect::Sqlite {
                 // WAL lets readers proceed during a write; busy_timeout makes
                 // a second writer (another process) wait instead of failing

@@ -1,5 +1,7 @@
 //! PostgreSQL unreachable: `/readyz` fails, requests whose auth is cached keep
 //! working, others get 503 in the error shape — no panic, no long hang.
+//! PostgreSQL restarted (its connections closed under the pool): the next
+//! requests are served on new connections, not failed on the dead ones.
 
 use crate::helpers::*;
 use serde_json::json;
@@ -99,5 +101,53 @@ async fn postgres_outage_keeps_cached_callers_working() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_postgres_are_replaced_unseen() {
+    use sqlx::Connection;
+    let Some(Backend::Postgres(base)) = Backend::postgres() else {
+        return;
+    };
+    let db = PgDatabase::create(&base).await;
+    let url = db.url.clone();
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.database_url = Some(url);
+        c.worker_enabled = false;
+    })
+    .await;
+    let up = fake_upstream().await;
+    app.register("m", &up.url("/echo"), json!({})).await;
+    // Connections in the pool, used just now.
+    let mut callers = Vec::new();
+    for i in 0..4 {
+        callers.push(app.caller(&format!("c{i}"), &["m"], None).await);
+    }
+    let name = url::Url::parse(&db.url)
+        .expect("url")
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
+    // What a server restart does to them.
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(!closed.is_empty(), "the gateway held connections to {name}");
+    // Idle past the point where the pool checks a connection before use.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Cold keys: each predict reads the store.
+    for c in &callers {
+        let resp = app.predict(&c.key, "/models/m/predict", json!({})).await;
+        assert_eq!(resp.status(), 200, "served on a new connection");
+    }
+    let (s, body) = app.admin(reqwest::Method::GET, "/admin/models", None).await;
+    assert_eq!(s, 200, "{body}");
     drop(db);
 }
