@@ -445,6 +445,51 @@ impl SqlStore {
         .await
     }
 
+    /// The statements of [`JobQueue::finish_jobs`], on `conn`.
+    async fn finish_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        items: &[Finish],
+        now: Timestamp,
+        retain_until: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        let mut applied = vec![false; items.len()];
+        // Successes, the common case, are written a chunk per statement;
+        // the other outcomes one by one.
+        let (succeeded, others): (Vec<usize>, Vec<usize>) =
+            (0..items.len()).partition(|&i| matches!(items[i].outcome, Outcome::Succeeded(_)));
+        for chunk in succeeded.chunks(rows_per_statement(self.dialect())) {
+            let done = Self::finish_succeeded(conn, items, chunk, now, retain_until).await?;
+            for (&i, ok) in chunk.iter().zip(done) {
+                applied[i] = ok;
+            }
+        }
+        for i in others {
+            applied[i] = self.finish_one(conn, &items[i], now, retain_until).await?;
+        }
+        Ok(applied)
+    }
+
+    /// The statements of [`JobQueue::enqueue_jobs`], on `conn`.
+    async fn enqueue_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(rows_per_statement(self.dialect())) {
+            let inserted = Self::insert_jobs(conn, chunk).await?;
+            for (job, new) in chunk.iter().zip(inserted) {
+                if new {
+                    out.push(Ok(Enqueued::Created(job.id.clone())));
+                } else {
+                    out.push(Self::existing_job(conn, job).await);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn finish_one(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -504,20 +549,17 @@ impl JobQueue for SqlStore {
     }
 
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        if jobs.len() <= rows_per_statement(self.dialect()) {
+            // One INSERT is a transaction of its own: no BEGIN and COMMIT
+            // round trips. The lookups of idempotent replays that may
+            // follow read committed rows, and answer per job.
+            let mut conn = self.writer().acquire().await.map_err(map_err)?;
+            return self.enqueue_on(&mut conn, &jobs).await;
+        }
         // One transaction for the batch: each page of the table and of its
         // indexes is written once per commit instead of once per job.
         let mut tx = self.writer().begin().await.map_err(map_err)?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(rows_per_statement(self.dialect())) {
-            let inserted = Self::insert_jobs(&mut tx, chunk).await?;
-            for (job, new) in chunk.iter().zip(inserted) {
-                if new {
-                    out.push(Ok(Enqueued::Created(job.id.clone())));
-                } else {
-                    out.push(Self::existing_job(&mut tx, job).await);
-                }
-            }
-        }
+        let out = self.enqueue_on(&mut tx, &jobs).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -647,23 +689,20 @@ impl JobQueue for SqlStore {
         now: Timestamp,
         retain_until: Timestamp,
     ) -> StoreResult<Vec<bool>> {
+        let per = rows_per_statement(self.dialect());
+        let succeeded = items
+            .iter()
+            .filter(|i| matches!(i.outcome, Outcome::Succeeded(_)))
+            .count();
+        let statements = succeeded.div_ceil(per) + (items.len() - succeeded);
+        if statements <= 1 {
+            // One statement is a transaction of its own: no BEGIN and
+            // COMMIT round trips.
+            let mut conn = self.writer().acquire().await.map_err(map_err)?;
+            return self.finish_on(&mut conn, items, now, retain_until).await;
+        }
         let mut tx = self.writer().begin().await.map_err(map_err)?;
-        let mut applied = vec![false; items.len()];
-        // Successes, the common case, are written a chunk per statement;
-        // the other outcomes one by one.
-        let (succeeded, others): (Vec<usize>, Vec<usize>) =
-            (0..items.len()).partition(|&i| matches!(items[i].outcome, Outcome::Succeeded(_)));
-        for chunk in succeeded.chunks(rows_per_statement(self.dialect())) {
-            let done = Self::finish_succeeded(&mut tx, items, chunk, now, retain_until).await?;
-            for (&i, ok) in chunk.iter().zip(done) {
-                applied[i] = ok;
-            }
-        }
-        for i in others {
-            applied[i] = self
-                .finish_one(&mut tx, &items[i], now, retain_until)
-                .await?;
-        }
+        let applied = self.finish_on(&mut tx, items, now, retain_until).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(applied)
     }
