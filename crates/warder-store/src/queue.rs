@@ -467,7 +467,24 @@ impl SqlStore {
         for i in others {
             applied[i] = self.finish_one(conn, &items[i], now, retain_until).await?;
         }
+        if applied.contains(&true) {
+            self.announce_freed_slots(conn).await?;
+        }
         Ok(applied)
+    }
+
+    /// Tells every worker (PostgreSQL `NOTIFY`, delivered at commit) that
+    /// jobs left IN_PROGRESS: a capped version may have a free slot. Once
+    /// per batch, where a row trigger would run once per job (see migration
+    /// 0008). SQLite has no channel: its workers poll.
+    async fn announce_freed_slots(&self, conn: &mut sqlx::AnyConnection) -> StoreResult<()> {
+        if self.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT 1 FROM (SELECT pg_notify('warder_async', 'work')) AS n")
+                .execute(conn)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
     }
 
     /// The statements of [`JobQueue::enqueue_jobs`], on `conn`.
@@ -820,6 +837,10 @@ impl JobQueue for SqlStore {
             .await
             .map_err(map_err)?;
             rescued += done.rows_affected();
+        }
+        if rescued > 0 {
+            let mut conn = self.writer().acquire().await.map_err(map_err)?;
+            self.announce_freed_slots(&mut conn).await?;
         }
         Ok(rescued)
     }

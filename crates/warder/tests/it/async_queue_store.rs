@@ -322,3 +322,65 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
     expected.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
     assert_eq!(depth, expected);
 }
+
+/// On PostgreSQL the queue wakes other processes' workers once per batch:
+/// a stored batch of submits and a recorded batch of outcomes (freed
+/// slots) each send one `NOTIFY`; a claim sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
+    let Some(b) = Backend::postgres() else {
+        return;
+    };
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let url = app.state.config.effective_database_url();
+    let mut listener = sqlx::postgres::PgListener::connect(&url)
+        .await
+        .expect("listen");
+    listener.listen("warder_async").await.expect("listen");
+    let quiet = std::time::Duration::from_millis(300);
+    let mut next = async || {
+        tokio::time::timeout(quiet, listener.recv())
+            .await
+            .ok()
+            .map(|n| n.expect("notification").payload().to_owned())
+    };
+
+    let jobs = (0..3)
+        .map(|n| job(&model, &caller, &request_id(60 + n), None))
+        .collect();
+    for r in store.enqueue_jobs(jobs).await.expect("enqueue") {
+        r.expect("created");
+    }
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "a stored batch wakes"
+    );
+    assert_eq!(next().await, None, "once per batch");
+
+    let now = Timestamp::now();
+    let leases = store
+        .claim_jobs("w", now, Timestamp(now.0 + 60_000), 3)
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), 3);
+    assert_eq!(next().await, None, "a claim wakes nobody");
+
+    let items: Vec<Finish> = leases
+        .iter()
+        .map(|l| Finish {
+            id: l.job.id.clone(),
+            token: l.token,
+            outcome: Outcome::Succeeded("{}".to_owned()),
+            errors: Vec::new(),
+        })
+        .collect();
+    let done = store
+        .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true; 3]);
+    assert_eq!(next().await.as_deref(), Some("work"), "freed slots wake");
+    assert_eq!(next().await, None, "once per batch");
+}
