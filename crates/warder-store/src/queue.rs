@@ -468,7 +468,7 @@ impl SqlStore {
             applied[i] = self.finish_one(conn, &items[i], now, retain_until).await?;
         }
         if applied.contains(&true) {
-            self.announce_freed_slots(conn).await?;
+            self.announce_freed_slots(conn).await;
         }
         Ok(applied)
     }
@@ -477,14 +477,21 @@ impl SqlStore {
     /// jobs left IN_PROGRESS: a capped version may have a free slot. Once
     /// per batch, where a row trigger would run once per job (see migration
     /// 0008). SQLite has no channel: its workers poll.
-    async fn announce_freed_slots(&self, conn: &mut sqlx::AnyConnection) -> StoreResult<()> {
-        if self.dialect() == Dialect::Postgres {
-            sqlx::query("SELECT 1 FROM (SELECT pg_notify('warder_async', 'work')) AS n")
-                .execute(conn)
-                .await
-                .map_err(map_err)?;
+    ///
+    /// A failure is logged, not returned: the outcomes before it may be
+    /// committed already, and a missed wake-up only leaves other workers to
+    /// their poll timer. Inside a transaction, the failed statement aborts
+    /// it and the commit reports the error.
+    async fn announce_freed_slots(&self, conn: &mut sqlx::AnyConnection) {
+        if self.dialect() != Dialect::Postgres {
+            return;
         }
-        Ok(())
+        if let Err(e) = sqlx::query("SELECT 1 FROM (SELECT pg_notify('warder_async', 'work')) AS n")
+            .execute(conn)
+            .await
+        {
+            tracing::warn!(error = %e, "announcing freed async slots failed");
+        }
     }
 
     /// The statements of [`JobQueue::enqueue_jobs`], on `conn`.
@@ -840,7 +847,7 @@ impl JobQueue for SqlStore {
         }
         if rescued > 0 {
             let mut conn = self.writer().acquire().await.map_err(map_err)?;
-            self.announce_freed_slots(&mut conn).await?;
+            self.announce_freed_slots(&mut conn).await;
         }
         Ok(rescued)
     }
