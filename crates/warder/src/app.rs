@@ -223,10 +223,17 @@ impl App {
             header_read_timeout: Duration::from_millis(self.state.config.header_read_timeout_ms),
             drain_timeout: Duration::from_secs(self.state.config.drain_timeout_s),
         };
+        let runtime = tokio::runtime::Handle::current();
+        let scheduler = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        };
         tracing::info!(
             public = %self.public_addr(),
             ops = %self.ops_addr(),
             store = self.state.store.backend(),
+            threads = runtime.metrics().num_workers(),
+            scheduler,
             "warder listening"
         );
         let public = server::serve(

@@ -84,6 +84,10 @@ pub struct Config {
     pub auth_cache_ttl_s: u64,
     /// Time in-flight requests get to finish at shutdown.
     pub drain_timeout_s: u64,
+    /// Threads that serve requests; unset = the CPUs this process may run
+    /// on. With one, everything runs on a single-threaded scheduler (no
+    /// work stealing to pay for).
+    pub worker_threads: Option<usize>,
     /// CIDRs webhook targets may resolve into despite being private.
     #[serde(deserialize_with = "comma_list")]
     pub webhook_allowed_cidrs: Vec<String>,
@@ -176,6 +180,7 @@ impl Default for Config {
             concurrency_wait_ms: 5_000,
             auth_cache_ttl_s: 60,
             drain_timeout_s: 30,
+            worker_threads: None,
             webhook_allowed_cidrs: Vec::new(),
             otlp_endpoint: None,
             log_format: None,
@@ -308,7 +313,18 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError("max_body_bytes must be positive".into()));
         }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError("worker_threads must be at least 1".into()));
+        }
         Ok(())
+    }
+
+    /// The threads to serve with: `worker_threads`, else the CPUs this
+    /// process may run on (its affinity mask and cgroup quota).
+    pub fn effective_worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// The database URL in effect: the configured one or SQLite in the data dir.
@@ -393,6 +409,21 @@ mod tests {
             jail.create_file("x.toml", "bootstrap_admin_key = \"nope\"\n")?;
             let err = Config::load(Some(Path::new("x.toml")), &FlagOverrides::default());
             assert!(err.is_err());
+            jail.set_env("WARDER_WORKER_THREADS", "0");
+            let err = Config::load(None, &FlagOverrides::default());
+            assert!(err.is_err_and(|e| e.to_string().contains("worker_threads")));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_this_process_may_use() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::default().effective_worker_threads(), cpus);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARDER_WORKER_THREADS", "3");
+            let c = Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.effective_worker_threads(), 3);
             Ok(())
         });
     }

@@ -1,5 +1,7 @@
 //! The floor of the benchmark: the smallest reverse proxy on the stack
-//! warder's server is built on (tokio multi-thread runtime, hyper server)
+//! warder's server is built on (tokio, with the scheduler warder picks: the
+//! single-threaded one when the process may run on one CPU, else the
+//! multi-threaded one; hyper server)
 //! with hyper-util's pooled client (`TCP_NODELAY` both ways), and no
 //! authentication, no rate limit, no metrics and no log line. What it costs
 //! per request is what any gateway built on this stack pays before doing
@@ -30,7 +32,8 @@ fn main() -> std::io::Result<()> {
         .ok_or_else(|| bad("UPSTREAM_URL missing"))?
         .parse()
         .map_err(|_| bad("UPSTREAM_URL invalid"))?;
-    let mut rt = if std::env::var_os("BARE_CURRENT_THREAD").is_some() {
+    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    let mut rt = if one_cpu {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -29,7 +29,12 @@ fn free_port() -> u16 {
 }
 
 fn start(data_dir: &Path, port: u16) -> Running {
+    start_with(data_dir, port, &[])
+}
+
+fn start_with(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warder"))
+        .envs(env.iter().copied())
         .args(["serve", "--demo", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -192,6 +197,72 @@ fn demo_curl_line_works_and_keys_stay_secret() {
         lines.iter().all(|l| !l.contains(&fresh)),
         "a created key never reaches the output"
     );
+}
+
+#[test]
+fn worker_threads_choose_the_scheduler_and_both_serve() {
+    for (threads, scheduler) in [("1", "current_thread"), ("2", "multi_thread")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let running = start_with(
+            &dir.path().join("data"),
+            port,
+            &[("WARDER_WORKER_THREADS", threads)],
+        );
+        let curl = wait_for_line(&running, "curl ");
+        let listening = running
+            .output
+            .lock()
+            .map(|o| o.clone())
+            .expect("output")
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .find(|l| l["message"] == "warder listening")
+            .expect("a 'warder listening' line");
+        assert_eq!(listening["scheduler"], scheduler, "{listening}");
+        assert_eq!(
+            listening["threads"],
+            threads.parse::<u64>().expect("number"),
+            "{listening}"
+        );
+        // A sync predict and an async one (the worker runs in the same
+        // runtime) both complete.
+        let answer: Value = serde_json::from_str(&shell(&curl)).expect("curl answered JSON");
+        assert_eq!(answer["output"]["label"], "positive", "{answer}");
+        let key = curl
+            .split("Api-Key ")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("key in the curl line");
+        let base = format!("http://127.0.0.1:{port}");
+        let submitted: Value = serde_json::from_str(&shell(&format!(
+            "curl -s -X POST {base}/models/echo/async_predict -H 'Authorization: Api-Key {key}' -H 'Content-Type: application/json' -d '{{\"model_input\": {{\"n\": {threads}}}}}'"
+        )))
+        .expect("submit answered JSON");
+        let id = submitted["request_id"]
+            .as_str()
+            .expect("request_id")
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let polled: Value = serde_json::from_str(&shell(&format!(
+                "curl -s {base}/async_request/{id} -H 'Authorization: Api-Key {key}'"
+            )))
+            .expect("poll answered JSON");
+            if polled["status"] == "SUCCEEDED" {
+                assert_eq!(
+                    polled["output"],
+                    json!({"n": threads.parse::<u64>().expect("n")})
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "async request not done: {polled}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// The JSON access lines of `lines` that carry `request_id`.
