@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::telemetry::metrics::Label;
-use moka::sync::Cache;
+use crate::ttl_cache::TtlCache;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -117,8 +117,8 @@ type TargetResult = Result<Arc<Target>, Arc<str>>;
 /// Cached resolution of targets and access.
 pub struct Catalog {
     store: Arc<dyn Store>,
-    targets: Cache<Selector, TargetResult, crate::FastHash>,
-    access: Cache<(Arc<str>, Arc<str>), Arc<Access>, crate::FastHash>,
+    targets: TtlCache<Selector, TargetResult>,
+    access: TtlCache<(Arc<str>, Arc<str>), Arc<Access>>,
     slots: RwLock<HashMap<String, (u32, Arc<Semaphore>)>>,
     default_limits: Limits,
 }
@@ -129,14 +129,8 @@ impl Catalog {
         let ttl = Duration::from_secs(config.auth_cache_ttl_s.max(1));
         Catalog {
             store,
-            targets: Cache::builder()
-                .max_capacity(50_000)
-                .time_to_live(ttl)
-                .build_with_hasher(crate::FastHash::new()),
-            access: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(ttl)
-                .build_with_hasher(crate::FastHash::new()),
+            targets: TtlCache::new(50_000, ttl),
+            access: TtlCache::new(200_000, ttl),
             slots: RwLock::new(HashMap::new()),
             default_limits: Limits {
                 rate_per_second: config.default_rate_limit_per_second,

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+mod ttl_cache;
 pub mod upstream;
 pub mod usage;
 pub mod webhooks;

@@ -4,14 +4,14 @@
 //! dropped after ten idle minutes. A policy change replaces the pair's
 //! limiter (the next request starts from a full bucket under the new policy).
 
+use crate::ttl_cache::TtlCache;
 use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
-use moka::sync::Cache;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warder_core::{RateDecision, RateLimiter, RateLimiterUnavailable};
 
@@ -26,7 +26,9 @@ struct Bucket {
 
 /// GCRA limits kept in this process.
 pub struct LocalRateLimiter {
-    buckets: Cache<String, Arc<Bucket>, crate::FastHash>,
+    buckets: TtlCache<String, Arc<Bucket>>,
+    /// Held while a bucket is replaced after a policy change.
+    replacing: Mutex<()>,
     clock: DefaultClock,
 }
 
@@ -40,28 +42,40 @@ impl LocalRateLimiter {
     /// An empty limiter.
     pub fn new() -> LocalRateLimiter {
         LocalRateLimiter {
-            buckets: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build_with_hasher(crate::FastHash::new()),
+            // The least used go first when it is full; a bucket dropped
+            // and made again starts full, as a long idle one would be.
+            buckets: TtlCache::unexpiring(1_000_000),
+            replacing: Mutex::new(()),
             clock: DefaultClock::default(),
         }
     }
 
     fn bucket(&self, key: &str, rate: f64, burst: u32) -> Arc<Bucket> {
         let same = |b: &Bucket| b.rate == rate && b.burst == burst;
-        if let Some(b) = self.buckets.get(key) {
-            if same(&b) {
-                return b;
-            }
-        }
         // One bucket for callers that miss together (each making its own
-        // would admit a burst each); a policy change replaces it once,
-        // starting from a full bucket.
-        self.buckets
-            .entry_by_ref(key)
-            .or_insert_with_if(|| Arc::new(Bucket::new(rate, burst)), |b| !same(b))
-            .into_value()
+        // would admit a burst each).
+        let b = self
+            .buckets
+            .get_or_insert_with(key, || Arc::new(Bucket::new(rate, burst)));
+        if same(&b) {
+            return b;
+        }
+        // A policy change replaces it once, starting from a full bucket:
+        // callers that see the old one together take turns here, and all
+        // but the first find the new one.
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let b = self
+            .buckets
+            .get_or_insert_with(key, || Arc::new(Bucket::new(rate, burst)));
+        if same(&b) {
+            return b;
+        }
+        let fresh = Arc::new(Bucket::new(rate, burst));
+        self.buckets.insert(key.to_owned(), fresh.clone());
+        fresh
     }
 }
 

@@ -14,7 +14,7 @@
 
 use crate::cluster::authcache::AuthL2;
 use crate::telemetry::metrics::{CacheLabels, Metrics};
-use moka::sync::Cache;
+use crate::ttl_cache::TtlCache;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -76,7 +76,7 @@ enum Cached {
 #[derive(Clone)]
 pub struct AuthService {
     store: Arc<dyn Store>,
-    cache: Cache<KeyId, Arc<Cached>, crate::FastHash>,
+    cache: TtlCache<KeyId, Arc<Cached>>,
     l2: Option<AuthL2>,
     metrics: Arc<Metrics>,
     /// The process's random key for [`ApiKey::keyed_tag`].
@@ -93,10 +93,7 @@ impl AuthService {
     pub fn new(store: Arc<dyn Store>, ttl: Duration, metrics: Arc<Metrics>) -> AuthService {
         AuthService {
             store,
-            cache: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build_with_hasher(crate::FastHash::new()),
+            cache: TtlCache::new(100_000, ttl),
             l2: None,
             tag_key: rand::random(),
             hits: cache_counter(&metrics, "hit"),
