@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use warder_core::{ErrorCode, RateDecision, ResponseMode, VersionState};
 
 /// What the access log and metrics need to know about a predict.
@@ -144,8 +144,9 @@ async fn run(
         take_quota(state, principal, &target, &limits).await?;
     }
 
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let timeout = Duration::from_millis(target.version.timeout_ms);
+    let deadline = started + timeout;
     let traceparent = call.trace.outgoing_traceparent();
     let request_id = call.trace.request_id.hex();
     let url = &target.upstream_uri;
@@ -157,6 +158,7 @@ async fn run(
         .send_buffered(
             |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
             body,
+            deadline,
             timeout,
         )
         .await;
@@ -190,8 +192,7 @@ async fn run(
     let status = upstream.status();
     let (parts, incoming) = upstream.into_parts();
     if !status.is_success() {
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let bytes = collect_limited(incoming, 64 * 1024, remaining).await;
+        let bytes = collect_limited(incoming, 64 * 1024, deadline).await;
         let detail = match &bytes {
             Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
@@ -222,9 +223,8 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_json_content_type);
     let mut response = if is_json && target.version.response == ResponseMode::Envelope {
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let output = match tokio::time::timeout(
-            remaining,
+        let output = match tokio::time::timeout_at(
+            deadline,
             http_body_util::Limited::new(incoming, state.config.max_upstream_response_bytes)
                 .collect(),
         )
@@ -540,9 +540,14 @@ fn envelope(request_id: &str, target: &Target, output: &Bytes) -> Response {
 async fn collect_limited(
     body: crate::upstream::UpstreamBody,
     limit: usize,
-    within: Duration,
+    deadline: tokio::time::Instant,
 ) -> Option<Bytes> {
-    match tokio::time::timeout(within, http_body_util::Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout_at(
+        deadline,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    {
         Ok(Ok(c)) => Some(c.to_bytes()),
         _ => None,
     }

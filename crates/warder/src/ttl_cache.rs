@@ -64,7 +64,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     {
         let (value, inserted) = self.entries.get(key)?;
         if let Some(ttl) = self.ttl {
-            if coarsetime::Instant::now().duration_since(inserted) >= ttl {
+            if now().duration_since(inserted) >= ttl {
                 self.entries.remove(key);
                 return None;
             }
@@ -83,9 +83,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
         let made = self
             .entries
-            .get_or_insert_with(key, || {
-                Ok::<_, std::convert::Infallible>((make(), coarsetime::Instant::now()))
-            })
+            .get_or_insert_with(key, || Ok::<_, std::convert::Infallible>((make(), now())))
             .map(|(v, _)| v);
         match made {
             Ok(v) => v,
@@ -95,8 +93,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
     /// Sets `key`'s entry (its lifetime starts now).
     pub(crate) fn insert(&self, key: K, value: V) {
-        self.entries
-            .insert(key, (value, coarsetime::Instant::now()));
+        self.entries.insert(key, (value, now()));
     }
 
     /// Drops `key`'s entry.
@@ -111,6 +108,12 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     pub(crate) fn invalidate_all(&self) {
         self.entries.clear();
     }
+}
+
+/// The coarse monotonic clock, without coarsetime's process-wide "recent"
+/// cache (one atomic store shared by every thread).
+pub(crate) fn now() -> coarsetime::Instant {
+    coarsetime::Instant::now_without_cache_update()
 }
 
 #[cfg(test)]

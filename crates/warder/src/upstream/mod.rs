@@ -127,7 +127,19 @@ impl UpstreamClient {
         request: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.dispatch(request)).await {
+        self.send_until(request, tokio::time::Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// [`Self::send`] with the deadline in hand; `timeout` is what the error
+    /// says was allowed.
+    async fn send_until(
+        &self,
+        request: Request<Body>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout_at(deadline, self.dispatch(request)).await {
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 retry_safe: false,
@@ -137,22 +149,25 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends a buffered request, retrying once when the first attempt could
+    /// Sends a buffered request that must answer by `deadline` (`timeout`
+    /// after the call began), retrying once when the first attempt could
     /// not connect. `build` makes a fresh request for each attempt.
     pub async fn send_buffered(
         &self,
         build: impl Fn(Bytes) -> Request<Body>,
         body: Bytes,
+        deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        match self.send(build(body.clone()), timeout).await {
+        match self
+            .send_until(build(body.clone()), deadline, timeout)
+            .await
+        {
             Err(e) if e.retry_safe => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
+                if tokio::time::Instant::now() >= deadline {
                     return Err(e);
                 }
-                self.send(build(body), left).await
+                self.send_until(build(body), deadline, timeout).await
             }
             other => other,
         }

@@ -41,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// An idle connection older than this is closed rather than reused.
@@ -70,7 +70,13 @@ pub(crate) struct Host {
 
 struct Idle {
     sender: SendRequest<Body>,
-    since: Instant,
+    /// When it went idle, on the coarse clock (a timeout of a minute needs
+    /// no finer one).
+    since: coarsetime::Instant,
+}
+
+fn idle_for(entry: &Idle, now: coarsetime::Instant) -> Duration {
+    now.duration_since(entry.since).into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,7 +210,7 @@ impl Host {
     fn checkout(&self) -> Option<SendRequest<Body>> {
         let mut idle = lock(&self.idle);
         while let Some(entry) = idle.pop_back() {
-            if entry.since.elapsed() > IDLE_TIMEOUT {
+            if idle_for(&entry, crate::ttl_cache::now()) > IDLE_TIMEOUT {
                 // The rest are older still.
                 idle.clear();
                 return None;
@@ -221,13 +227,13 @@ impl Host {
         if sender.is_closed() {
             return;
         }
-        let now = Instant::now();
+        let now = crate::ttl_cache::now();
         let mut idle = lock(&self.idle);
         // The oldest are at the front: close those past the timeout, and one
         // more when the pool is full.
         while idle
             .front()
-            .is_some_and(|e| now.duration_since(e.since) > IDLE_TIMEOUT)
+            .is_some_and(|e| idle_for(e, now) > IDLE_TIMEOUT)
         {
             idle.pop_front();
         }
@@ -662,7 +668,7 @@ mod tests {
         let host = pool.host(&s.url.parse().expect("uri")).expect("host");
         // Age the idle connection past the timeout.
         for entry in lock(&host.idle).iter_mut() {
-            entry.since -= IDLE_TIMEOUT + Duration::from_secs(1);
+            entry.since -= coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
         }
         assert_eq!(call(&pool, &s.url).await, "ok");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
