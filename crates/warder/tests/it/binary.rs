@@ -91,6 +91,27 @@ fn wait_for_line(r: &Running, prefix: &str) -> String {
     }
 }
 
+/// The first JSON log line `matches` accepts, waiting for it.
+fn wait_for_json(r: &Running, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = r.output.lock().ok().and_then(|o| {
+            o.iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| matches(l))
+        });
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such JSON line: {:?}",
+            r.output.lock().map(|o| o.clone())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn shell(cmd: &str) -> String {
     let out = Command::new("sh")
         .arg("-c")
@@ -210,15 +231,8 @@ fn worker_threads_choose_the_scheduler_and_both_serve() {
             &[("WARDER_WORKER_THREADS", threads)],
         );
         let curl = wait_for_line(&running, "curl ");
-        let listening = running
-            .output
-            .lock()
-            .map(|o| o.clone())
-            .expect("output")
-            .into_iter()
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .find(|l| l["message"] == "warder listening")
-            .expect("a 'warder listening' line");
+        // Written by the log thread, after the banner.
+        let listening = wait_for_json(&running, |l| l["message"] == "warder listening");
         assert_eq!(listening["scheduler"], scheduler, "{listening}");
         assert_eq!(
             listening["threads"],

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 scenarios!(
     shutdown_drains_in_flight_requests,
+    shutdown_closes_idle_connections_at_once,
     slow_headers_are_cut_off,
     bootstrap_key_is_installed_once,
 );
@@ -46,6 +47,46 @@ async fn shutdown_drains_in_flight_requests(b: Backend) {
         .send()
         .await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+/// An idle keep-alive connection does not hold the drain up: it is closed
+/// as soon as shutdown begins, long before the drain timeout (30 s).
+async fn shutdown_closes_idle_connections_at_once(b: Backend) {
+    let mut app = spawn_app(b).await;
+    let mut idle = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /no-such-route HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.expect("answer");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Two more connections that never send anything at all.
+    let _silent = [
+        tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect"),
+        tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect"),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited {:?} for idle connections",
+        started.elapsed()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
 async fn slow_headers_are_cut_off(b: Backend) {
