@@ -71,45 +71,36 @@ fn start_with(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
     Running { child, output }
 }
 
-fn wait_for_line(r: &Running, prefix: &str) -> String {
+/// What `find` finds in the output so far, waiting for it (up to a minute).
+fn wait_for<T>(r: &Running, what: &str, find: impl Fn(&[String]) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(l) = r
-            .output
-            .lock()
-            .ok()
-            .and_then(|o| o.iter().find(|l| l.starts_with(prefix)).cloned())
-        {
-            return l;
+        if let Some(found) = r.output.lock().ok().and_then(|o| find(&o)) {
+            return found;
         }
         assert!(
             Instant::now() < deadline,
-            "no line starting with {prefix:?}: {:?}",
-            r.output.lock().map(|o| o.clone())
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The first JSON log line `matches` accepts, waiting for it.
-fn wait_for_json(r: &Running, matches: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = r.output.lock().ok().and_then(|o| {
-            o.iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|l| matches(l))
-        });
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such JSON line: {:?}",
+            "no {what}: {:?}",
             r.output.lock().map(|o| o.clone())
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn wait_for_line(r: &Running, prefix: &str) -> String {
+    wait_for(r, &format!("line starting with {prefix:?}"), |lines| {
+        lines.iter().find(|l| l.starts_with(prefix)).cloned()
+    })
+}
+
+/// The first JSON log line `matches` accepts.
+fn wait_for_json(r: &Running, matches: impl Fn(&Value) -> bool) -> Value {
+    wait_for(r, "such JSON line", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| matches(l))
+    })
 }
 
 fn shell(cmd: &str) -> String {
