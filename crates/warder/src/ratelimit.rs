@@ -1,8 +1,9 @@
 //! The in-process GCRA rate limiter (embedded mode).
 //!
 //! One `governor` limiter per (key, model) pair, created on first use and
-//! dropped after ten idle minutes. A policy change replaces the pair's
-//! limiter (the next request starts from a full bucket under the new policy).
+//! kept in a bounded cache (the least used go first when it is full). A
+//! policy change replaces the pair's limiter (the next request starts from a
+//! full bucket under the new policy).
 
 use crate::ttl_cache::TtlCache;
 use async_trait::async_trait;
