@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import report as rep  # noqa: E402
+from harness.host import wake_latency  # noqa: E402
 from harness.asyncjobs import CeleryRef, WarderAsync, detect, fresh_pg_database  # noqa: E402
 from harness.loadgen import LoadError, Oha, Wrk  # noqa: E402
 from harness.procs import Procs, core_busy_seconds, cpu_seconds, status_kib  # noqa: E402
@@ -161,6 +162,18 @@ class Bench:
         self.queue_waits = {}  # async scenario -> queue latency percentiles
         self.skipped_rates = {}  # scenario -> {cap_rps, rates} not run (above 80 % of max)
         self.wrk = self.oha = None
+        self.wake = {}  # "before" / "after" the measurements -> host.wake_latency()
+
+    def probe_wake(self, when):
+        """The cores' hand-off latency (harness/host.py), with nothing else running."""
+        if not self.procs.pin:
+            return
+        self.say(f"host probe ({when}): one-byte ping to an idle core")
+        try:
+            self.wake[when] = wake_latency(self.procs, self.a.sut_core, self.a.load_core,
+                                           pings=500 if self.a.quick else 2000)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            self.notes.append(f"host probe ({when}) failed: {e}")
 
     def say(self, msg):
         print(f"[bench {time.monotonic() - self.started:6.1f}s] {msg}", flush=True)
@@ -497,6 +510,7 @@ def main(argv):
     b = Bench(a)
     fatal = None
     try:
+        b.probe_wake("before")
         b.setup()
         b.warmup()
         b.rounds()
@@ -508,6 +522,8 @@ def main(argv):
         fatal = str(e)
         b.say(f"FATAL: {e}")
     facts = b.service_facts()
+    if not fatal:
+        b.probe_wake("after")  # the services are idle by now
     result = {
         "meta": b.meta(),
         "targets": {t.name: {"label": t.label, "service": t.service.name if t.service else None,
@@ -519,6 +535,7 @@ def main(argv):
         "services": facts,
         "warder_log_lines": b.log_lines,
         "async_queue_latency": b.queue_waits,
+        "host_wake": b.wake,
         "runs": b.runs,
         "fatal": fatal,
     }

@@ -142,11 +142,18 @@ def figures(res):
         v = w["startup_ms"]
         b.append({"check": "startup to ready (embedded, spawn → /readyz 200)", "value": v,
                   "unit": "ms", "budget": "< 200", "ok": v < 200})
-    fig["limits"] = limits(fig, (res.get("meta") or {}).get("host", {}).get("cores"))
+    fig["limits"] = limits(fig, (res.get("meta") or {}).get("host", {}).get("cores"),
+                           res.get("host_wake"))
     return fig
 
 
-def limits(fig, cores):
+def _wake(host_wake):
+    """The slower of the before and after host probes (by cross-core p99)."""
+    probes = [p for p in (host_wake or {}).values() if p]
+    return max(probes, key=lambda p: p["cross"]["p99_us"]) if probes else None
+
+
+def limits(fig, cores, res_wake=None):
     """What bounds a missed budget line, from this run's own figures: how much
     of the CPU budget the bare stack leaves, what one core's throughput asks
     of CPU per request, what the stack adds at p99 with nothing of warder's
@@ -195,6 +202,16 @@ def limits(fig, cores):
                          f"{least:.0f} µs or more at the 99th percentile on this machine "
                          f"before any feature runs")
             out.append(line + ".")
+    wake = _wake(res_wake)
+    if wake and any(b["ok"] is False for b in fig["budget"] if "p99" in b["check"]):
+        cross, same = wake["cross"], wake["same"]
+        out.append(
+            f"Hand-off between cores: on this host a one-byte ping to a process on the idle "
+            f"other core came back in {cross['p50_us']:.0f} µs at the median and "
+            f"{cross['p99_us']:.0f} µs at p99 ({same['p50_us']:.0f} and {same['p99_us']:.0f} "
+            f"within one core, the probe's own cost). A request through any proxy crosses "
+            f"cores four times, so at a fixed rate, where the proxy's core idles between "
+            f"requests, it pays about two such round trips before any feature runs.")
     pg = fig["async"].get("warder-async-pg") or {}
     if pg.get("store_cpu_ms_per_1k"):
         store, own = pg["store_cpu_ms_per_1k"], pg.get("cpu_ms_per_1k") or 0
@@ -293,6 +310,17 @@ def markdown(res):
         L.append("Direct rows show absolute latency in parentheses; the others, what the "
                  "proxy adds to it (negative values are noise).")
         L.append("")
+    probes = {when: p for when, p in (res.get("host_wake") or {}).items() if p}
+    if probes:
+        cells = "; ".join(
+            f"{when}: to the idle other core p50 {p['cross']['p50_us']:.0f} / p99 "
+            f"{p['cross']['p99_us']:.0f} / p99.9 {p['cross']['p999_us']:.0f} µs, within one "
+            f"core p50 {p['same']['p50_us']:.0f} / p99 {p['same']['p99_us']:.0f} µs"
+            for when, p in probes.items())
+        L.append(f"**Host probe** (one-byte round trip between two pinned processes, "
+                 f"{next(iter(probes.values()))['pings']} pings with idle gaps; "
+                 f"`bench/harness/host.py`): {cells}.")
+        L.append("")
     if fig["async"]:
         L.append("**Async submit → complete (no-op model)**")
         L.append("")
@@ -357,6 +385,13 @@ def markdown(res):
         L.append(f"**Noise:** other processes on the machine took this share of the SUT core "
                  f"during the closed-loop runs (median): {share}. Throughput and latency are "
                  f"then low by about that much; CPU per request and the ratios hold up better.")
+        L.append("")
+    wake = _wake(res.get("host_wake"))
+    if wake and wake["cross"]["p99_us"] > 1000:
+        L.append(f"**Slow host:** waking the idle other core took {wake['cross']['p99_us']:.0f} µs "
+                 f"at p99 in the host probe. Latency at fixed rates then says more about the "
+                 f"host than about the systems measured, and every proxy's closed-loop "
+                 f"throughput drops with it.")
         L.append("")
     return "\n".join(L)
 
