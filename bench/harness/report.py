@@ -203,7 +203,7 @@ def limits(fig, cores, res_wake=None):
                          f"before any feature runs")
             out.append(line + ".")
     wake = _wake(res_wake)
-    if wake and any(b["ok"] is False for b in fig["budget"] if "p99" in b["check"]):
+    if wake and any(b["ok"] is False for b in fig["budget"] if b["check"].startswith("added p99")):
         cross, same = wake["cross"], wake["same"]
         out.append(
             f"Hand-off between cores: on this host a one-byte ping to a process on the idle "
