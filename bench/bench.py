@@ -25,8 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import report as rep  # noqa: E402
-from harness.host import wake_latency  # noqa: E402
 from harness.asyncjobs import CeleryRef, WarderAsync, detect, fresh_pg_database  # noqa: E402
+from harness.host import wake_latency  # noqa: E402
 from harness.loadgen import LoadError, Oha, Wrk  # noqa: E402
 from harness.procs import Procs, core_busy_seconds, cpu_seconds, status_kib  # noqa: E402
 from harness.targets import (  # noqa: E402

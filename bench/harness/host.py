@@ -61,6 +61,7 @@ def _round_trip(procs, echo_core, ping_core, pings, gap_s):
             echo.wait(5)
         except subprocess.TimeoutExpired:
             echo.kill()
+            echo.wait(5)
     if r.returncode != 0:
         raise OSError(f"the ping process failed: {r.stderr.strip()[:200]}")
     return json.loads(r.stdout)

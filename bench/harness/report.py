@@ -153,7 +153,7 @@ def _wake(host_wake):
     return max(probes, key=lambda p: p["cross"]["p99_us"]) if probes else None
 
 
-def limits(fig, cores, res_wake=None):
+def limits(fig, cores, host_wake=None):
     """What bounds a missed budget line, from this run's own figures: how much
     of the CPU budget the bare stack leaves, what one core's throughput asks
     of CPU per request, what the stack adds at p99 with nothing of warder's
@@ -202,7 +202,7 @@ def limits(fig, cores, res_wake=None):
                          f"{least:.0f} µs or more at the 99th percentile on this machine "
                          f"before any feature runs")
             out.append(line + ".")
-    wake = _wake(res_wake)
+    wake = _wake(host_wake)
     if wake and any(b["ok"] is False for b in fig["budget"] if b["check"].startswith("added p99")):
         cross, same = wake["cross"], wake["same"]
         out.append(

@@ -13,7 +13,7 @@ use warder::{App, Config};
 // `mi_malloc_aligned`, and 3.x's aligned path over-allocates every block
 // above 1 KiB whose size class is not a power of two (hyper's read buffers,
 // boxed futures), about six a predict; 2.x serves those as plain blocks
-// (callgrind: the allocator's share fell by ~430 instructions a predict).
+// (callgrind: ~600 fewer instructions a predict, see ARCHITECTURE.md (h)).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
