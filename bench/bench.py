@@ -28,7 +28,7 @@ from harness import report as rep  # noqa: E402
 from harness.asyncjobs import CeleryRef, WarderAsync, detect, fresh_pg_database  # noqa: E402
 from harness.host import wake_latency  # noqa: E402
 from harness.loadgen import LoadError, Oha, Wrk  # noqa: E402
-from harness.procs import Procs, core_busy_seconds, cpu_seconds, status_kib  # noqa: E402
+from harness.procs import Procs, core_busy_seconds, cpu_seconds, cpu_split, status_kib  # noqa: E402
 from harness.targets import (  # noqa: E402
     FLOOR_LABEL, Target, Unavailable, check_warder, configure_warder, log_lines,
     start_bare_proxy, start_litellm, start_nginx, start_upstream, start_warder)
@@ -306,7 +306,7 @@ class Bench:
         a = self.a
         pids = pids_fn() if pids_fn else []
         up = self.upstream.pids()
-        c0, u0 = cpu_seconds(pids), cpu_seconds(up)
+        (user0, sys0), u0 = cpu_split(pids), cpu_seconds(up)
         k0 = core_busy_seconds([a.sut_core, a.load_core])
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
@@ -315,13 +315,17 @@ class Bench:
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         k1 = core_busy_seconds([a.sut_core, a.load_core])
         pids = pids_fn() if pids_fn else []
-        sut = cpu_seconds(pids) - c0 if pids_fn else None
+        user1, sys1 = cpu_split(pids)
+        sut = (user1 - user0) + (sys1 - sys0) if pids_fn else None
         gen = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         ups = cpu_seconds(up) - u0
         n = r.get("requests") or 0
         r["wall_s"] = wall
         r["sut_cpu_s"] = sut
         r["cpu_ms_per_1k"] = sut * 1e6 / n if (sut is not None and n) else None
+        # The kernel's share: system calls and the loopback TCP stack, which
+        # on loopback also runs the peer's receive path on the sender's core.
+        r["kernel_ms_per_1k"] = (sys1 - sys0) * 1e6 / n if (pids_fn and n) else None
         r["sut_core_busy"] = sut / wall if sut is not None else None
         r["load_core_busy"] = (gen + ups) / wall
         # CPU on the two cores that none of our processes used: other work

@@ -111,14 +111,20 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by `pids` (all their threads)."""
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds used so far by `pids` (all their threads)."""
+    user = system = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by `pids` (all their threads)."""
+    return sum(cpu_split(pids))
 
 
 def status_kib(pids: list[int], field: str) -> int:

@@ -43,6 +43,7 @@ def figures(res):
             "rps": _med(r["rps"] for r in closed),
             **{f"{p}_us": _med(r["latency_us"][p] for r in closed) for p in PCTS},
             "cpu_ms_per_1k": _med(r.get("cpu_ms_per_1k") for r in closed),
+            "kernel_ms_per_1k": _med(r.get("kernel_ms_per_1k") for r in closed),
             "sut_core_busy": _med(r.get("sut_core_busy") for r in closed),
             "load_core_busy": _med(r.get("load_core_busy") for r in closed),
             "foreign_sut_core": _med(r.get("foreign_sut_core") for r in closed),
@@ -188,6 +189,16 @@ def limits(fig, cores, host_wake=None):
             f"{w['cpu_ms_per_1k']:.1f} µs. As fast as nginx means costing no more CPU than "
             f"nginx, with authentication, rate limiting, metrics and the log line on; the "
             f"bare stack alone already costs {floor / nginx:.2f}× nginx's CPU.")
+    split = {n: ((c.get(n) or {}).get("cpu_ms_per_1k"), (c.get(n) or {}).get("kernel_ms_per_1k"))
+             for n in ("nginx", "floor", "warder")}
+    if all(t is not None and k is not None for t, k in split.values()):
+        (tn, kn), (tf, kf), (tw, kw) = split["nginx"], split["floor"], split["warder"]
+        out.append(
+            f"Where the CPU goes: in the kernel (system calls and loopback TCP) nginx spent "
+            f"{kn:.1f} µs per request, the bare stack {kf:.1f} and warder {kw:.1f}; in user "
+            f"space nginx {tn - kn:.1f}, the bare stack {tf - kf:.1f} and warder {tw - kw:.1f}. "
+            f"To cost what nginx costs, warder's user space would have to fit in "
+            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs that the HTTP stack alone takes.")
     rates = sorted(fig["open"].items(), key=lambda kv: int(kv[0]))
     if rates:
         rate, rows = rates[0]
@@ -279,14 +290,15 @@ def markdown(res):
     L.append("")
     L.append("**Closed loop (wrk, maximum throughput)**")
     L.append("")
-    L.append("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | CPU-ms / 1k req | SUT core busy "
-             "| load core busy | peak RSS MiB | errors |")
-    L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    L.append("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | CPU-ms / 1k req | of it kernel "
+             "| SUT core busy | load core busy | peak RSS MiB | errors |")
+    L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, t in res["targets"].items():
         c = fig["closed"].get(name) or {}
         L.append(f"| {t['label']} | {_f(c.get('rps'))} | {_ms(c.get('p50_us'))} | "
                  f"{_ms(c.get('p99_us'))} | {_ms(c.get('p999_us'))} | "
                  f"{_f(c.get('cpu_ms_per_1k'), '{:.1f}')} | "
+                 f"{_f(c.get('kernel_ms_per_1k'), '{:.1f}')} | "
                  f"{_f(c.get('sut_core_busy'), '{:.0%}')} | {_f(c.get('load_core_busy'), '{:.0%}')}"
                  f" | {_f(c.get('peak_rss_mib'), '{:.1f}')} | {c.get('errors', '–')} |")
     L.append("")

@@ -208,9 +208,14 @@ impl Http1Pool {
 impl Host {
     /// The most recently used idle connection still open, if any.
     fn checkout(&self) -> Option<SendRequest<Body>> {
+        self.checkout_at(crate::ttl_cache::now())
+    }
+
+    /// [`Host::checkout`] at `now` on the coarse clock.
+    fn checkout_at(&self, now: coarsetime::Instant) -> Option<SendRequest<Body>> {
         let mut idle = lock(&self.idle);
         while let Some(entry) = idle.pop_back() {
-            if idle_for(&entry, crate::ttl_cache::now()) > IDLE_TIMEOUT {
+            if idle_for(&entry, now) > IDLE_TIMEOUT {
                 // The rest are older still.
                 idle.clear();
                 return None;
@@ -666,10 +671,16 @@ mod tests {
         let pool = pool();
         assert_eq!(call(&pool, &s.url).await, "ok");
         let host = pool.host(&s.url.parse().expect("uri")).expect("host");
-        // Age the idle connection past the timeout.
-        for entry in lock(&host.idle).iter_mut() {
-            entry.since -= coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
-        }
+        // Just within the timeout the idle connection is still handed out;
+        // past it, it is dropped (moving the clock forward rather than the
+        // entry back, which would underflow on a machine up for under a
+        // minute).
+        let now = crate::ttl_cache::now();
+        let sender = host.checkout_at(now).expect("fresh connection reused");
+        host.put(sender);
+        let later = now + coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
+        assert!(host.checkout_at(later).is_none(), "aged out");
+        assert_eq!(host.idle_count(), 0, "the aged connection is closed");
         assert_eq!(call(&pool, &s.url).await, "ok");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(host.idle_count(), 1);
