@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -163,6 +164,7 @@ class Bench:
         self.skipped_rates = {}  # scenario -> {cap_rps, rates} not run (above 80 % of max)
         self.wrk = self.oha = None
         self.wake = {}  # "before" / "after" the measurements -> host.wake_latency()
+        self.syscalls = {}  # sync scenario -> system calls per request (perf)
 
     def probe_wake(self, when):
         """The cores' hand-off latency (harness/host.py), with nothing else running."""
@@ -174,6 +176,50 @@ class Bench:
                                            pings=500 if self.a.quick else 2000)
         except (OSError, ValueError, subprocess.TimeoutExpired) as e:
             self.notes.append(f"host probe ({when}) failed: {e}")
+
+    def count_syscalls(self):
+        """System calls per request of each proxy under closed-loop load, counted
+        with perf's syscall tracepoint in a short run of its own after the
+        rounds (counting slows every call a little, so never during them)."""
+        perf = shutil.which("perf")
+        if not perf:
+            self.notes.append("system calls per request not counted: perf is not installed")
+            return
+        seconds = 1 if self.a.quick else 3
+        for t in self.targets:
+            if t.name not in ("nginx", "floor", "warder", "warder-raw") or not t.service:
+                continue
+            pids = t.service.pids()
+            out = os.path.join(self.tmp, f"perf-{t.name}.csv")
+            st = subprocess.Popen([perf, "stat", "-x", ",", "-o", out, "-e",
+                                   "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)  # attached before the load starts
+            try:
+                r = self.wrk.run(t.url, t.body, t.auth, seconds, self.a.connections)
+            except LoadError as e:
+                self.notes.append(f"system calls per request not counted for {t.name}: {e}")
+                return
+            finally:
+                st.send_signal(signal.SIGINT)
+                try:
+                    st.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    st.kill()
+            count = None
+            try:
+                with open(out) as f:
+                    for line in f:
+                        fields = line.split(",")
+                        if len(fields) > 2 and "raw_syscalls:sys_enter" in fields[2]:
+                            count = int(fields[0]) if fields[0].strip().isdigit() else None
+            except OSError:
+                pass  # perf did not start: said below
+            if count is None or not r["requests"]:
+                self.notes.append(f"system calls per request not counted for {t.name}: "
+                                  "perf could not read the syscall tracepoint")
+                return
+            self.syscalls[t.name] = count / r["requests"]
 
     def say(self, msg):
         print(f"[bench {time.monotonic() - self.started:6.1f}s] {msg}", flush=True)
@@ -519,6 +565,7 @@ def main(argv):
         b.warmup()
         b.rounds()
         b.queue_latency()
+        b.count_syscalls()
     except Unavailable as e:
         fatal = str(e)
         b.say(f"FATAL: {e}")
@@ -540,6 +587,7 @@ def main(argv):
         "warder_log_lines": b.log_lines,
         "async_queue_latency": b.queue_waits,
         "host_wake": b.wake,
+        "syscalls_per_request": b.syscalls,
         "runs": b.runs,
         "fatal": fatal,
     }

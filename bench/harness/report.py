@@ -143,6 +143,7 @@ def figures(res):
         v = w["startup_ms"]
         b.append({"check": "startup to ready (embedded, spawn → /readyz 200)", "value": v,
                   "unit": "ms", "budget": "< 200", "ok": v < 200})
+    fig["syscalls"] = res.get("syscalls_per_request") or {}
     fig["limits"] = limits(fig, (res.get("meta") or {}).get("host", {}).get("cores"),
                            res.get("host_wake"))
     return fig
@@ -152,6 +153,15 @@ def _wake(host_wake):
     """The slower of the before and after host probes (by cross-core p99)."""
     probes = [p for p in (host_wake or {}).values() if p]
     return max(probes, key=lambda p: p["cross"]["p99_us"]) if probes else None
+
+
+def _syscalls(counts):
+    """The system calls per request counted after the rounds, as a sentence."""
+    names = (("nginx", "nginx"), ("floor", "the bare stack"), ("warder", "warder (envelope)"),
+             ("warder-raw", "warder (raw)"))
+    got = [f"{label} {counts[n]:.1f}" for n, label in names if counts.get(n) is not None]
+    return f" System calls per request (perf, a short run after the rounds): {', '.join(got)}." \
+        if got else ""
 
 
 def limits(fig, cores, host_wake=None):
@@ -198,7 +208,8 @@ def limits(fig, cores, host_wake=None):
             f"{kn:.1f} µs per request, the bare stack {kf:.1f} and warder {kw:.1f}; in user "
             f"space nginx {tn - kn:.1f}, the bare stack {tf - kf:.1f} and warder {tw - kw:.1f}. "
             f"To cost what nginx costs, warder's user space would have to fit in "
-            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs that the HTTP stack alone takes.")
+            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs that the HTTP stack alone takes."
+            + _syscalls(fig.get("syscalls") or {}))
     rates = sorted(fig["open"].items(), key=lambda kv: int(kv[0]))
     if rates:
         rate, rows = rates[0]
@@ -213,6 +224,19 @@ def limits(fig, cores, host_wake=None):
                          f"{least:.0f} µs or more at the 99th percentile on this machine "
                          f"before any feature runs")
             out.append(line + ".")
+    # A missed rate where warder's core was nearly busy: there its p99 is
+    # queueing, which no per-request saving short of a faster core removes.
+    busy = []
+    for rate, rows in rates:
+        b = next((x for x in fig["budget"] if x["check"] == f"added p99 latency at {rate} req/s "
+                  "(envelope)"), None)
+        cpu = (rows.get("warder") or {}).get("cpu_ms_per_1k")
+        if b and b["ok"] is False and cpu and cpu * int(rate) / 1e6 >= 0.7:
+            busy.append(f"{cpu * int(rate) / 1e6:.0%} at {rate} req/s")
+    if busy:
+        out.append(f"Load at the fixed rates: warder's core was busy {', '.join(busy)} (its CPU "
+                   f"per request at that rate times the rate). That close to one core's "
+                   f"capacity, requests queue, and the queue sets the p99.")
     wake = _wake(host_wake)
     if wake and any(b["ok"] is False for b in fig["budget"] if b["check"].startswith("added p99")):
         cross, same = wake["cross"], wake["same"]
