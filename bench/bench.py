@@ -190,16 +190,22 @@ class Bench:
             if t.name not in ("nginx", "floor", "warder", "warder-raw") or not t.service:
                 continue
             pids = t.service.pids()
+            if not pids:
+                self.notes.append(f"system calls per request not counted for {t.name}: "
+                                  "it is not running")
+                continue
             out = os.path.join(self.tmp, f"perf-{t.name}.csv")
-            st = subprocess.Popen([perf, "stat", "-x", ",", "-o", out, "-e",
-                                   "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            err = os.path.join(self.tmp, f"perf-{t.name}.err")
+            with open(err, "wb") as err_file:
+                st = subprocess.Popen([perf, "stat", "-x", ",", "-o", out, "-e",
+                                       "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
+                                      stdout=subprocess.DEVNULL, stderr=err_file)
             time.sleep(0.3)  # attached before the load starts
             try:
                 r = self.wrk.run(t.url, t.body, t.auth, seconds, self.a.connections)
             except LoadError as e:
                 self.notes.append(f"system calls per request not counted for {t.name}: {e}")
-                return
+                continue
             finally:
                 st.send_signal(signal.SIGINT)
                 try:
@@ -216,9 +222,11 @@ class Bench:
             except OSError:
                 pass  # perf did not start: said below
             if count is None or not r["requests"]:
-                self.notes.append(f"system calls per request not counted for {t.name}: "
-                                  "perf could not read the syscall tracepoint")
-                return
+                with open(err, errors="replace") as f:
+                    why = f.read().strip().splitlines()
+                self.notes.append(f"system calls per request not counted for {t.name}: perf "
+                                  + (why[0][:200] if why else "counted nothing"))
+                continue
             self.syscalls[t.name] = count / r["requests"]
 
     def say(self, msg):
@@ -370,7 +378,8 @@ class Bench:
         r["sut_cpu_s"] = sut
         r["cpu_ms_per_1k"] = sut * 1e6 / n if (sut is not None and n) else None
         # The kernel's share: system calls and the loopback TCP stack, which
-        # on loopback also runs the peer's receive path on the sender's core.
+        # on loopback runs the peer's receive path on the sender's core (and
+        # can count it as the sender's system time).
         r["kernel_ms_per_1k"] = (sys1 - sys0) * 1e6 / n if (pids_fn and n) else None
         r["sut_core_busy"] = sut / wall if sut is not None else None
         r["load_core_busy"] = (gen + ups) / wall

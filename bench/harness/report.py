@@ -60,6 +60,7 @@ def figures(res):
                 **{f"{p}_us": _med(r["latency_us"][p] for r in rr) for p in PCTS},
                 "achieved_rps": _med(r["rps"] for r in rr),
                 "cpu_ms_per_1k": _med(r.get("cpu_ms_per_1k") for r in rr),
+                "sut_core_busy": _med(r.get("sut_core_busy") for r in rr),
                 "errors": sum(r.get("errors", 0) for r in rr),
             }
             if name != "direct":
@@ -210,6 +211,8 @@ def limits(fig, cores, host_wake=None):
             f"To cost what nginx costs, warder's user space would have to fit in "
             f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs that the HTTP stack alone takes."
             + _syscalls(fig.get("syscalls") or {}))
+    elif fig.get("syscalls"):
+        out.append(_syscalls(fig["syscalls"]).strip())
     rates = sorted(fig["open"].items(), key=lambda kv: int(kv[0]))
     if rates:
         rate, rows = rates[0]
@@ -224,19 +227,19 @@ def limits(fig, cores, host_wake=None):
                          f"{least:.0f} µs or more at the 99th percentile on this machine "
                          f"before any feature runs")
             out.append(line + ".")
-    # A missed rate where warder's core was nearly busy: there its p99 is
-    # queueing, which no per-request saving short of a faster core removes.
+    # A missed rate where warder's core was mostly busy: queueing then adds
+    # to its p99, whatever the features cost.
     busy = []
     for rate, rows in rates:
         b = next((x for x in fig["budget"] if x["check"] == f"added p99 latency at {rate} req/s "
                   "(envelope)"), None)
-        cpu = (rows.get("warder") or {}).get("cpu_ms_per_1k")
-        if b and b["ok"] is False and cpu and cpu * int(rate) / 1e6 >= 0.7:
-            busy.append(f"{cpu * int(rate) / 1e6:.0%} at {rate} req/s")
+        load = (rows.get("warder") or {}).get("sut_core_busy")
+        if b and b["ok"] is False and load is not None and load >= 0.7:
+            busy.append(f"{load:.0%} at {rate} req/s")
     if busy:
         out.append(f"Load at the fixed rates: warder's core was busy {', '.join(busy)} (its CPU "
-                   f"per request at that rate times the rate). That close to one core's "
-                   f"capacity, requests queue, and the queue sets the p99.")
+                   f"time over the run's wall time). At that load requests wait for the core, "
+                   f"which likely adds to the p99.")
     wake = _wake(host_wake)
     if wake and any(b["ok"] is False for b in fig["budget"] if b["check"].startswith("added p99")):
         cross, same = wake["cross"], wake["same"]
