@@ -671,8 +671,8 @@ mod tests {
         let pool = pool();
         assert_eq!(call(&pool, &s.url).await, "ok");
         let host = pool.host(&s.url.parse().expect("uri")).expect("host");
-        // Just within the timeout the idle connection is still handed out;
-        // past it, it is dropped (moving the clock forward rather than the
+        // Right after it went idle the connection is handed out again; past
+        // the timeout it is dropped (the clock moves forward rather than the
         // entry back, which would underflow on a machine up for under a
         // minute).
         let now = crate::ttl_cache::now();
