@@ -3,6 +3,7 @@
 
 use crate::auth::Principal;
 use crate::catalog::Selector;
+use crate::gateway::RequestFacts;
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
 use crate::queue::{
@@ -56,7 +57,8 @@ async fn submit(
         content_type: text(header::CONTENT_TYPE),
         body,
     };
-    match queue::submit(&state, call).await {
+    let mut facts = RequestFacts::default();
+    let mut response = match queue::submit(&state, call, &mut facts).await {
         Ok(s) => {
             let replayed = s.replayed;
             let mut r = (StatusCode::CREATED, ApiJson(s)).into_response();
@@ -69,7 +71,10 @@ async fn submit(
             r
         }
         Err(e) => e.into_response(),
-    }
+    };
+    // `request_context` names the model and version in the access line.
+    response.extensions_mut().insert(facts);
+    response
 }
 
 /// Queue a request for a model's `production` version.

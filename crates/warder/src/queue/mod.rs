@@ -12,9 +12,10 @@ pub mod worker;
 
 use crate::auth::Principal;
 use crate::catalog::{ResolveError, Selector};
-use crate::gateway;
+use crate::gateway::{self, RequestFacts};
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::lifecycle;
 use crate::telemetry::trace::TraceContext;
 use crate::webhooks::guard::Refused;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,6 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tracing::Instrument;
 use utoipa::ToSchema;
 use warder_core::*;
 
@@ -135,7 +135,11 @@ fn in_range(name: &str, v: Option<i64>, min: i64, max: i64, default: i64) -> Res
 }
 
 /// Validates a submit and stores it; answers the request id.
-pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, ApiError> {
+pub async fn submit(
+    state: &AppState,
+    call: SubmitCall,
+    facts: &mut RequestFacts,
+) -> Result<Submitted, ApiError> {
     let target = state
         .catalog
         .resolve(&call.selector)
@@ -144,6 +148,9 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
             ResolveError::NotFound(m) => ApiError::new(ErrorCode::ModelNotFound, m),
             ResolveError::Store(e) => e.into(),
         })?;
+    // For the access line, refused or not.
+    facts.model_id = Some(target.model_label.clone());
+    facts.version_id = Some(target.version_label.clone());
     let limits = gateway::authorize(state, &call.principal, &target).await?;
     if !call
         .content_type
@@ -251,14 +258,6 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
         created_at: now,
         queue_deadline: Timestamp(now.0 + queue_s * 1000),
     };
-    // The queue phase of the request's life, under its trace id like each
-    // attempt (`async.attempt`) and delivery (`async.webhook`).
-    let span = tracing::info_span!(
-        "async.queue",
-        trace_id = %job.id,
-        request_id = %job.id,
-        model = %target.model.id,
-    );
     // A retried submit answers its first request, whatever the quota says.
     if let Some(key) = &job.idempotency_key {
         if let Some(id) = state
@@ -276,7 +275,7 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
     // submit that raced a replay of itself, or could not be stored, gives
     // its call back.
     gateway::take_quota(state, &call.principal, &target, &limits).await?;
-    let enqueued = state.submitter.enqueue(job).instrument(span.clone()).await;
+    let enqueued = state.submitter.enqueue(job).await;
     if !matches!(enqueued, Ok(Enqueued::Created(_))) {
         state.quotas.refund(
             &call.principal.key_id,
@@ -293,9 +292,9 @@ pub async fn submit(state: &AppState, call: SubmitCall) -> Result<Submitted, Api
                 &target.model_label.0,
             );
             state.signals.work.notify_one();
-            span.in_scope(
-                || tracing::info!(trace_id = %id, model = %target.model.id, "async request queued"),
-            );
+            // The queue phase of the request's life, under its trace id like
+            // each attempt (`async.attempt`) and delivery (`async.webhook`).
+            lifecycle::queued(&id, &target.model.id);
             Submitted {
                 request_id: id,
                 replayed: false,

@@ -21,6 +21,7 @@
 use crate::catalog::{Catalog, ResolveError, Selector};
 use crate::config::Config;
 use crate::queue::Signals;
+use crate::telemetry::lifecycle;
 use crate::telemetry::metrics::{Metrics, ModelLabels, QueueLabels};
 use crate::upstream::{UpstreamClient, UpstreamErrorKind};
 use crate::webhooks::Webhooks;
@@ -211,7 +212,11 @@ impl Worker {
 
     async fn run_job(self: Arc<Self>, lease: Lease, cancel: Arc<Notify>) {
         let job = &lease.job;
-        let span = tracing::info_span!(
+        // The attempt's lines that are written for every job are written by
+        // `lifecycle`, in the shape of a line in this span; the span itself
+        // exists for the model call only when debug lines are on (the
+        // upstream client's), and for the rare lines below.
+        let debug_span = tracing::debug_span!(
             "async.attempt",
             trace_id = %job.id,
             request_id = %job.id,
@@ -233,7 +238,7 @@ impl Worker {
                 a = self.attempt(job) => a,
             }
         }
-        .instrument(span.clone())
+        .instrument(debug_span)
         .await;
         let mut errors = job.errors.clone();
         let (outcome, label) = match attempt {
@@ -271,14 +276,18 @@ impl Worker {
         if let Ok(mut r) = self.running.lock() {
             r.remove(&job.id);
         }
-        let _enter = span.enter();
+        let span = || lifecycle::attempt_span(&job.id, &job.model_id, job.attempts);
         if !applied {
-            tracing::warn!("the lease was lost before the result was recorded; result discarded");
+            span().in_scope(|| {
+                tracing::warn!(
+                    "the lease was lost before the result was recorded; result discarded"
+                )
+            });
         } else if let Some(at) = retry_at {
-            tracing::info!(outcome = label, "async attempt will be retried");
+            span().in_scope(|| tracing::info!(outcome = label, "async attempt will be retried"));
             self.deps.signals.wake_work_at(at);
         } else {
-            tracing::info!(outcome = label, "async request finished");
+            lifecycle::finished(&job.id, &job.model_id, job.attempts, label);
             if job.webhook_url.is_some() {
                 self.deps.signals.deliveries.notify_one();
             }

@@ -44,9 +44,29 @@ pub struct AccessRecord<'a> {
 /// The JSON sink, installed by `init_logging` when logs are JSON.
 static JSON_SINK: OnceLock<BatchWriter> = OnceLock::new();
 
-/// Sends JSON access lines straight to `writer` from now on.
+/// Sends JSON access lines (and [`super::lifecycle`] lines) straight to
+/// `writer` from now on.
 pub(crate) fn install_json_sink(writer: BatchWriter) {
     let _ = JSON_SINK.set(writer);
+}
+
+/// Formats one line with `write` into a reused per-thread buffer and
+/// appends it to the JSON sink. False (nothing written) when no sink is
+/// installed: the caller logs through `tracing` instead.
+pub(super) fn write_line(write: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let Some(sink) = JSON_SINK.get() else {
+        return false;
+    };
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    }
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        write(&mut line);
+        sink.append(&line);
+    });
+    true
 }
 
 /// Writes the access-log line of one request.
@@ -54,19 +74,8 @@ pub fn log(r: &AccessRecord<'_>) {
     if !tracing::enabled!(target: "warder::access", tracing::Level::INFO) {
         return;
     }
-    match JSON_SINK.get() {
-        Some(sink) => {
-            thread_local! {
-                static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-            }
-            LINE.with(|line| {
-                let mut line = line.borrow_mut();
-                line.clear();
-                write_json(&mut line, r, chrono::Utc::now());
-                sink.append(&line);
-            });
-        }
-        None => tracing::info!(
+    if !write_line(|line| write_json(line, r, chrono::Utc::now())) {
+        tracing::info!(
             target: "warder::access",
             request_id = r.request_id,
             method = r.method,
@@ -78,7 +87,7 @@ pub fn log(r: &AccessRecord<'_>) {
             latency_ms = r.latency.as_secs_f64() * 1000.0,
             upstream_ms = r.upstream.map(|u| u.as_secs_f64() * 1000.0),
             "request"
-        ),
+        );
     }
 }
 
@@ -112,7 +121,7 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: chrono::DateTime<chr
 /// RFC 3339 with microseconds, UTC. The date and time up to the second are
 /// formatted once per second per thread (`chrono`'s formatter is the
 /// costliest part of a line otherwise).
-fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
+pub(super) fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
     thread_local! {
         static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
     }
@@ -131,7 +140,7 @@ fn timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
     out.push(b'Z');
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     // Ids and route templates need no escaping: copied as they are.
     if crate::json_syntax::is_plain_string(s) {
         out.push(b'"');

@@ -3,6 +3,7 @@
 //! Nothing here decides what a request does; it only records what happened.
 
 pub mod access;
+pub mod lifecycle;
 pub mod logwriter;
 pub mod metrics;
 pub mod trace;
@@ -20,6 +21,22 @@ pub struct LogGuard(
     logwriter::BatchGuard,
 );
 
+/// The JSON log layer: one flat object per line. A line inside a span (an
+/// async request's queue phase, attempts and deliveries) carries the span's
+/// fields, its trace id among them.
+pub(crate) fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(writer)
+}
+
 /// Installs the global log subscriber. Lines are written in batches by a
 /// background thread so that a slow stdout never stalls a request.
 pub fn init_logging(config: &Config) -> LogGuard {
@@ -35,17 +52,7 @@ pub fn init_logging(config: &Config) -> LogGuard {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    // A line inside a span (an async request's queue phase,
-                    // attempts and deliveries) carries the span's fields,
-                    // its trace id among them.
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer.clone()),
-            )
+            .with(json_layer(writer.clone()))
             .try_init()
             // Access lines go straight to the same writer, in the same shape.
             .map(|()| access::install_json_sink(writer)),

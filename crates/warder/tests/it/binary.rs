@@ -441,7 +441,7 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
         .to_owned();
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let finished = loop {
         let (s, status) = call(
             client,
             "GET",
@@ -452,11 +452,11 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
         .await;
         assert_eq!(s, 200, "{status}");
         if status["status"] == "SUCCEEDED" {
-            break;
+            break status;
         }
         assert!(Instant::now() < deadline, "not finished: {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
 
     let messages = ["async request queued", "async request finished"];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -484,12 +484,22 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
             .unwrap_or_else(|| panic!("no line {m:?}"));
         assert_eq!(line["span"]["trace_id"], id.as_str(), "{line}");
     }
-    assert_eq!(
-        mine.iter()
-            .find(|v| v["message"] == "async request finished")
-            .map(|v| v["span"]["name"].clone()),
-        Some(json!("async.attempt"))
-    );
+    let finished_line = mine
+        .iter()
+        .find(|v| v["message"] == "async request finished")
+        .expect("finished line");
+    assert_eq!(finished_line["span"]["name"], "async.attempt");
+    assert_eq!(finished_line["span"]["attempt"], 1);
+    assert_eq!(finished_line["span"]["model"], finished["model_id"]);
+    assert_eq!(finished_line["outcome"], "succeeded");
+    // The submit's access line names the model and version it was queued for.
+    let lines = running.output.lock().map(|o| o.clone()).expect("output");
+    let submit = access_lines_of(&lines, &id);
+    assert_eq!(submit.len(), 1, "{submit:?}");
+    assert_eq!(submit[0]["route"], "/models/{model}/async_predict");
+    assert_eq!(submit[0]["status"], 201);
+    assert_eq!(submit[0]["model"], finished["model_id"]);
+    assert_eq!(submit[0]["version"], finished["model_version_id"]);
 }
 
 /// An admin JSON call; answers status and body.

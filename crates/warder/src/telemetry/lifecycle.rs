@@ -1,0 +1,201 @@
+//! The lines written for every async request: "async request queued" (in its
+//! `async.queue` span) and "async request finished" (in the `async.attempt`
+//! span of its last attempt), plus the spans themselves for the rarer lines.
+//!
+//! With JSON logs these two lines are formatted here, straight into the
+//! batching log writer, in the shape `tracing-subscriber`'s JSON layer gives
+//! a line inside a span (the span's fields under `"span"`, its name last).
+//! Why by hand: that layer formats a span's fields into JSON when the span
+//! is created, then parses and re-serialises them for every line in it; with
+//! the event itself this was about a seventh of warder's instructions per
+//! async job (callgrind, SQLite, `bench/`). The test below holds the two
+//! shapes equal. Other formats, and processes without the JSON sink, log the
+//! same lines through `tracing`, inside the real span. Either way the line
+//! honours the log filter of its target.
+
+use super::access::{string, timestamp, write_line};
+use tracing::{Level, Span};
+
+const QUEUE: &str = "warder::queue";
+const WORKER: &str = "warder::queue::worker";
+
+/// The span of an async request's queue phase (its id is the trace id).
+pub fn queue_span(id: &str, model: &str) -> Span {
+    tracing::info_span!(target: QUEUE, "async.queue", trace_id = %id, request_id = %id, model = %model)
+}
+
+/// The span of one attempt of an async request.
+pub fn attempt_span(id: &str, model: &str, attempt: u32) -> Span {
+    tracing::info_span!(
+        target: WORKER,
+        "async.attempt",
+        trace_id = %id,
+        request_id = %id,
+        model = %model,
+        attempt = attempt,
+    )
+}
+
+/// "async request queued": the submit of `id` for `model` was committed.
+pub fn queued(id: &str, model: &str) {
+    if tracing::enabled!(target: QUEUE, Level::INFO)
+        && !write_line(|out| queued_line(out, id, model))
+    {
+        queued_by_tracing(id, model);
+    }
+}
+
+/// "async request finished": the outcome of attempt `attempt` of `id`
+/// (`succeeded`, `failed` or `canceled`) was recorded.
+pub fn finished(id: &str, model: &str, attempt: u32, outcome: &str) {
+    if tracing::enabled!(target: WORKER, Level::INFO)
+        && !write_line(|out| finished_line(out, id, model, attempt, outcome))
+    {
+        finished_by_tracing(id, model, attempt, outcome);
+    }
+}
+
+fn queued_line(out: &mut Vec<u8>, id: &str, model: &str) {
+    head(out, "async request queued");
+    out.extend_from_slice(b",\"trace_id\":");
+    string(out, id);
+    out.extend_from_slice(b",\"model\":");
+    string(out, model);
+    tail(out, QUEUE, "async.queue", id, model, None);
+}
+
+fn queued_by_tracing(id: &str, model: &str) {
+    queue_span(id, model).in_scope(
+        || tracing::info!(target: QUEUE, trace_id = %id, model = %model, "async request queued"),
+    );
+}
+
+fn finished_line(out: &mut Vec<u8>, id: &str, model: &str, attempt: u32, outcome: &str) {
+    head(out, "async request finished");
+    out.extend_from_slice(b",\"outcome\":");
+    string(out, outcome);
+    tail(out, WORKER, "async.attempt", id, model, Some(attempt));
+}
+
+fn finished_by_tracing(id: &str, model: &str, attempt: u32, outcome: &str) {
+    attempt_span(id, model, attempt)
+        .in_scope(|| tracing::info!(target: WORKER, outcome = outcome, "async request finished"));
+}
+
+fn head(out: &mut Vec<u8>, message: &str) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, chrono::Utc::now());
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
+    string(out, message);
+}
+
+/// The target and the span, in the order the JSON layer writes them: the
+/// span's fields sorted by name, then its name.
+fn tail(out: &mut Vec<u8>, target: &str, span: &str, id: &str, model: &str, attempt: Option<u32>) {
+    out.extend_from_slice(b",\"target\":");
+    string(out, target);
+    out.extend_from_slice(b",\"span\":{");
+    if let Some(a) = attempt {
+        out.extend_from_slice(b"\"attempt\":");
+        out.extend_from_slice(itoa::Buffer::new().format(a).as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"model\":");
+    string(out, model);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, id);
+    out.extend_from_slice(b",\"trace_id\":");
+    string(out, id);
+    out.extend_from_slice(b",\"name\":");
+    string(out, span);
+    out.extend_from_slice(b"}}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::prelude::*;
+
+    /// What `tracing-subscriber`'s JSON layer, configured as warder's, prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn by_tracing(log: impl FnOnce()) -> Value {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(crate::telemetry::json_layer(move || sink.clone()));
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = captured.0.lock().expect("lock").clone();
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        serde_json::from_str(&text).expect("JSON")
+    }
+
+    fn by_hand(write: impl FnOnce(&mut Vec<u8>)) -> Value {
+        let mut out = Vec::new();
+        write(&mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
+        serde_json::from_str(&text).expect("JSON")
+    }
+
+    /// Equal but for the time, which must be there in both.
+    fn same_but_time(mut a: Value, mut b: Value) {
+        for v in [&mut a, &mut b] {
+            let t = v
+                .as_object_mut()
+                .and_then(|o| o.remove("timestamp"))
+                .expect("timestamp");
+            assert!(t.as_str().is_some_and(|t| t.ends_with('Z')), "{t}");
+        }
+        assert_eq!(a, b);
+    }
+
+    const ID: &str = "b9d645ed09d758254bd174d8caba1b1e";
+
+    #[test]
+    fn the_queued_line_is_the_json_layers_line() {
+        let traced = by_tracing(|| queued_by_tracing(ID, "0mmlgkrv"));
+        let hand = by_hand(|out| queued_line(out, ID, "0mmlgkrv"));
+        assert_eq!(hand["span"]["name"], "async.queue");
+        assert_eq!(hand["trace_id"], ID);
+        same_but_time(traced, hand);
+    }
+
+    #[test]
+    fn the_finished_line_is_the_json_layers_line_even_for_odd_text() {
+        let model = "odd \"model\" \\ \n";
+        let traced = by_tracing(|| finished_by_tracing(ID, model, 3, "failed"));
+        let hand = by_hand(|out| finished_line(out, ID, model, 3, "failed"));
+        assert_eq!(hand["span"]["attempt"], 3);
+        assert_eq!(hand["span"]["model"], model);
+        assert_eq!(hand["outcome"], "failed");
+        same_but_time(traced, hand);
+    }
+
+    #[test]
+    fn without_the_sink_the_lines_go_through_tracing_in_their_span() {
+        // Only the binary installs the JSON sink; this test process does not.
+        let line = by_tracing(|| finished(ID, "m1", 1, "succeeded"));
+        assert_eq!(line["message"], "async request finished");
+        assert_eq!(line["span"]["name"], "async.attempt");
+        assert_eq!(line["span"]["trace_id"], ID);
+        let line = by_tracing(|| queued(ID, "m1"));
+        assert_eq!(line["span"]["name"], "async.queue");
+        assert_eq!(line["trace_id"], ID);
+    }
+}
