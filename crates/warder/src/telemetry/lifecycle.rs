@@ -11,7 +11,9 @@
 //! async job (callgrind, SQLite, `bench/`). The test below holds the two
 //! shapes equal. Other formats, and processes without the JSON sink, log the
 //! same lines through `tracing`, inside the real span. Either way the line
-//! honours the log filter of its target.
+//! honours the filter's directives for its target and level; directives
+//! that name a span (`[async.attempt]=info`) select these lines only on the
+//! `tracing` path, as no span exists on the other.
 
 use super::access::{string, timestamp, write_line};
 use tracing::{Level, Span};
@@ -114,87 +116,83 @@ fn tail(out: &mut Vec<u8>, target: &str, span: &str, id: &str, model: &str, atte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::logwriter::tests::Sink;
     use serde_json::Value;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use tracing_subscriber::prelude::*;
 
-    /// What `tracing-subscriber`'s JSON layer, configured as warder's, prints.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn by_tracing(log: impl FnOnce()) -> Value {
-        let captured = Captured::default();
+    /// The one line `tracing-subscriber`'s JSON layer, configured as
+    /// warder's, prints for what `log` logs.
+    fn by_tracing(log: impl FnOnce()) -> String {
+        let captured = Sink::default();
         let sink = captured.clone();
         let subscriber =
             tracing_subscriber::registry().with(crate::telemetry::json_layer(move || sink.clone()));
         tracing::subscriber::with_default(subscriber, log);
-        let bytes = captured.0.lock().expect("lock").clone();
-        let text = String::from_utf8(bytes).expect("utf-8");
+        let text = captured.text();
         assert_eq!(text.lines().count(), 1, "{text}");
-        serde_json::from_str(&text).expect("JSON")
+        text
     }
 
-    fn by_hand(write: impl FnOnce(&mut Vec<u8>)) -> Value {
+    fn by_hand(write: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut out = Vec::new();
         write(&mut out);
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
-        serde_json::from_str(&text).expect("JSON")
+        String::from_utf8(out).expect("utf-8")
     }
 
-    /// Equal but for the time, which must be there in both.
-    fn same_but_time(mut a: Value, mut b: Value) {
-        for v in [&mut a, &mut b] {
-            let t = v
-                .as_object_mut()
-                .and_then(|o| o.remove("timestamp"))
-                .expect("timestamp");
-            assert!(t.as_str().is_some_and(|t| t.ends_with('Z')), "{t}");
-        }
-        assert_eq!(a, b);
+    /// The line without its timestamp, which must be RFC 3339 UTC with
+    /// microseconds.
+    fn untimed(line: &str) -> &str {
+        let rest = line
+            .strip_prefix("{\"timestamp\":\"")
+            .unwrap_or_else(|| panic!("no timestamp first: {line}"));
+        let (time, rest) = rest.split_at(27);
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with('Z'),
+            "{line}"
+        );
+        rest
+    }
+
+    /// Byte for byte the JSON layer's line, but for the time.
+    fn same_but_time(traced: &str, hand: &str) -> Value {
+        assert_eq!(untimed(hand), untimed(traced));
+        serde_json::from_str(hand).expect("JSON")
     }
 
     const ID: &str = "b9d645ed09d758254bd174d8caba1b1e";
 
     #[test]
-    fn the_queued_line_is_the_json_layers_line() {
-        let traced = by_tracing(|| queued_by_tracing(ID, "0mmlgkrv"));
-        let hand = by_hand(|out| queued_line(out, ID, "0mmlgkrv"));
-        assert_eq!(hand["span"]["name"], "async.queue");
-        assert_eq!(hand["trace_id"], ID);
-        same_but_time(traced, hand);
+    fn the_queued_line_is_the_json_layers_line_even_for_odd_text() {
+        for model in ["0mmlgkrv", "odd \"model\" \\ \n"] {
+            let traced = by_tracing(|| queued_by_tracing(ID, model));
+            let line = same_but_time(&traced, &by_hand(|out| queued_line(out, ID, model)));
+            assert_eq!(line["span"]["name"], "async.queue");
+            assert_eq!(line["span"]["model"], model);
+            assert_eq!(line["trace_id"], ID);
+        }
     }
 
     #[test]
     fn the_finished_line_is_the_json_layers_line_even_for_odd_text() {
-        let model = "odd \"model\" \\ \n";
-        let traced = by_tracing(|| finished_by_tracing(ID, model, 3, "failed"));
-        let hand = by_hand(|out| finished_line(out, ID, model, 3, "failed"));
-        assert_eq!(hand["span"]["attempt"], 3);
-        assert_eq!(hand["span"]["model"], model);
-        assert_eq!(hand["outcome"], "failed");
-        same_but_time(traced, hand);
+        for model in ["0mmlgkrv", "odd \"model\" \\ \n"] {
+            let traced = by_tracing(|| finished_by_tracing(ID, model, 3, "failed"));
+            let hand = by_hand(|out| finished_line(out, ID, model, 3, "failed"));
+            let line = same_but_time(&traced, &hand);
+            assert_eq!(line["span"]["attempt"], 3);
+            assert_eq!(line["span"]["model"], model);
+            assert_eq!(line["outcome"], "failed");
+        }
     }
 
     #[test]
     fn without_the_sink_the_lines_go_through_tracing_in_their_span() {
         // Only the binary installs the JSON sink; this test process does not.
-        let line = by_tracing(|| finished(ID, "m1", 1, "succeeded"));
+        let parse = |text: String| serde_json::from_str::<Value>(&text).expect("JSON");
+        let line = parse(by_tracing(|| finished(ID, "m1", 1, "succeeded")));
         assert_eq!(line["message"], "async request finished");
         assert_eq!(line["span"]["name"], "async.attempt");
         assert_eq!(line["span"]["trace_id"], ID);
-        let line = by_tracing(|| queued(ID, "m1"));
+        let line = parse(by_tracing(|| queued(ID, "m1")));
         assert_eq!(line["span"]["name"], "async.queue");
         assert_eq!(line["trace_id"], ID);
     }

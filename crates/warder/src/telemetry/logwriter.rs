@@ -190,12 +190,13 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A sink the test can read while the writer thread owns it.
+    /// A sink a test can read while a writer owns it (also used by
+    /// `lifecycle`'s tests).
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Sink(Arc<Mutex<Vec<u8>>>);
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -208,7 +209,7 @@ mod tests {
     }
 
     impl Sink {
-        fn text(&self) -> String {
+        pub(crate) fn text(&self) -> String {
             String::from_utf8(self.0.lock().expect("sink").clone()).expect("utf-8")
         }
     }

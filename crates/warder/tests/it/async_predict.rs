@@ -177,6 +177,12 @@ async fn end_to_end_with_a_verified_webhook(b: Backend) {
         metrics.contains("warder_async_attempts_total{"),
         "{metrics}"
     );
+    // Submits count under the model they were queued for, like predicts.
+    let submits = format!(
+        "warder_http_requests_total{{route=\"/models/{{model}}/async_predict\",model=\"{}\",status=\"201\"}} 2",
+        m.model_id
+    );
+    assert!(metrics.contains(&submits), "{submits} in {metrics}");
     assert!(
         metrics.contains("warder_webhook_deliveries_total{outcome=\"succeeded\"} 2"),
         "{metrics}"

@@ -484,6 +484,12 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
             .unwrap_or_else(|| panic!("no line {m:?}"));
         assert_eq!(line["span"]["trace_id"], id.as_str(), "{line}");
     }
+    let queued_line = mine
+        .iter()
+        .find(|v| v["message"] == "async request queued")
+        .expect("queued line");
+    assert_eq!(queued_line["span"]["name"], "async.queue");
+    assert_eq!(queued_line["span"]["model"], finished["model_id"]);
     let finished_line = mine
         .iter()
         .find(|v| v["message"] == "async request finished")
