@@ -1,15 +1,17 @@
 //! The lines written for every async request: "async request queued" (in its
-//! `async.queue` span) and "async request finished" (in the `async.attempt`
-//! span of its last attempt), plus the spans themselves for the rarer lines.
+//! `async.queue` span), "async request finished" (in the `async.attempt`
+//! span of its last attempt) and, when it has a webhook, "webhook delivery"
+//! (in the `async.webhook` span of each delivery attempt); plus the spans
+//! themselves, for the rarer lines.
 //!
-//! With JSON logs these two lines are formatted here, straight into the
+//! With JSON logs these lines are formatted here, straight into the
 //! batching log writer, in the shape `tracing-subscriber`'s JSON layer gives
 //! a line inside a span (the span's fields under `"span"`, its name last).
 //! Why by hand: that layer formats a span's fields into JSON when the span
 //! is created, then parses and re-serialises them for every line in it; with
-//! the event itself this was about a seventh of warder's instructions per
-//! async job (callgrind, SQLite, `bench/`). The test below holds the two
-//! shapes equal. Other formats, and processes without the JSON sink, log the
+//! the event itself the queued and finished lines were about a seventh of
+//! warder's instructions per async job (callgrind, SQLite, `bench/`). The
+//! tests below hold both shapes equal, byte for byte. Other formats, and processes without the JSON sink, log the
 //! same lines through `tracing`, inside the real span. Either way the line
 //! honours the filter's directives for its target and level; directives
 //! that name a span (`[async.attempt]=info`) select these lines only on the
@@ -20,6 +22,7 @@ use tracing::{Level, Span};
 
 const QUEUE: &str = "warder::queue";
 const WORKER: &str = "warder::queue::worker";
+const WEBHOOKS: &str = "warder::webhooks";
 
 /// The span of an async request's queue phase (its id is the trace id).
 pub fn queue_span(id: &str, model: &str) -> Span {
@@ -57,13 +60,65 @@ pub fn finished(id: &str, model: &str, attempt: u32, outcome: &str) {
     }
 }
 
+/// The span of one webhook delivery attempt of an async request.
+pub fn webhook_span(id: &str, attempt: u32) -> Span {
+    tracing::info_span!(target: WEBHOOKS, "async.webhook", trace_id = %id, request_id = %id, attempt = attempt)
+}
+
+/// What one webhook delivery attempt of an async request did.
+pub struct Delivered<'a> {
+    /// The request id.
+    pub id: &'a str,
+    /// Delivery attempt, from 1.
+    pub attempt: u32,
+    /// The receiver's status, when it answered.
+    pub status_code: Option<u16>,
+    /// Why it failed, empty when it did not.
+    pub error: &'a str,
+    /// `succeeded`, `retry` or `failed`.
+    pub outcome: &'a str,
+}
+
+/// "webhook delivery": one delivery attempt and what follows it.
+pub fn webhook_delivery(d: &Delivered<'_>) {
+    if tracing::enabled!(target: WEBHOOKS, Level::INFO) && !write_line(|out| delivery_line(out, d))
+    {
+        delivery_by_tracing(d);
+    }
+}
+
+fn delivery_line(out: &mut Vec<u8>, d: &Delivered<'_>) {
+    head(out, "webhook delivery");
+    if let Some(code) = d.status_code {
+        out.extend_from_slice(b",\"status_code\":");
+        out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    }
+    out.extend_from_slice(b",\"error\":");
+    string(out, d.error);
+    out.extend_from_slice(b",\"outcome\":");
+    string(out, d.outcome);
+    tail(out, WEBHOOKS, "async.webhook", d.id, None, Some(d.attempt));
+}
+
+fn delivery_by_tracing(d: &Delivered<'_>) {
+    webhook_span(d.id, d.attempt).in_scope(|| {
+        tracing::info!(
+            target: WEBHOOKS,
+            status_code = d.status_code,
+            error = d.error,
+            outcome = d.outcome,
+            "webhook delivery"
+        )
+    });
+}
+
 fn queued_line(out: &mut Vec<u8>, id: &str, model: &str) {
     head(out, "async request queued");
     out.extend_from_slice(b",\"trace_id\":");
     string(out, id);
     out.extend_from_slice(b",\"model\":");
     string(out, model);
-    tail(out, QUEUE, "async.queue", id, model, None);
+    tail(out, QUEUE, "async.queue", id, Some(model), None);
 }
 
 fn queued_by_tracing(id: &str, model: &str) {
@@ -76,7 +131,7 @@ fn finished_line(out: &mut Vec<u8>, id: &str, model: &str, attempt: u32, outcome
     head(out, "async request finished");
     out.extend_from_slice(b",\"outcome\":");
     string(out, outcome);
-    tail(out, WORKER, "async.attempt", id, model, Some(attempt));
+    tail(out, WORKER, "async.attempt", id, Some(model), Some(attempt));
 }
 
 fn finished_by_tracing(id: &str, model: &str, attempt: u32, outcome: &str) {
@@ -93,7 +148,14 @@ fn head(out: &mut Vec<u8>, message: &str) {
 
 /// The target and the span, in the order the JSON layer writes them: the
 /// span's fields sorted by name, then its name.
-fn tail(out: &mut Vec<u8>, target: &str, span: &str, id: &str, model: &str, attempt: Option<u32>) {
+fn tail(
+    out: &mut Vec<u8>,
+    target: &str,
+    span: &str,
+    id: &str,
+    model: Option<&str>,
+    attempt: Option<u32>,
+) {
     out.extend_from_slice(b",\"target\":");
     string(out, target);
     out.extend_from_slice(b",\"span\":{");
@@ -102,9 +164,12 @@ fn tail(out: &mut Vec<u8>, target: &str, span: &str, id: &str, model: &str, atte
         out.extend_from_slice(itoa::Buffer::new().format(a).as_bytes());
         out.push(b',');
     }
-    out.extend_from_slice(b"\"model\":");
-    string(out, model);
-    out.extend_from_slice(b",\"request_id\":");
+    if let Some(m) = model {
+        out.extend_from_slice(b"\"model\":");
+        string(out, m);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"request_id\":");
     string(out, id);
     out.extend_from_slice(b",\"trace_id\":");
     string(out, id);
@@ -185,6 +250,29 @@ mod tests {
     }
 
     #[test]
+    fn the_delivery_line_is_the_json_layers_line_with_or_without_a_status() {
+        for (status_code, error, outcome) in [
+            (Some(200), "", "succeeded"),
+            (Some(503), "the receiver answered 503", "retry"),
+            (None, "connect: \"refused\"", "failed"),
+        ] {
+            let d = Delivered {
+                id: ID,
+                attempt: 2,
+                status_code,
+                error,
+                outcome,
+            };
+            let traced = by_tracing(|| delivery_by_tracing(&d));
+            let line = same_but_time(&traced, &by_hand(|out| delivery_line(out, &d)));
+            assert_eq!(line["span"]["name"], "async.webhook");
+            assert_eq!(line["span"]["attempt"], 2);
+            assert_eq!(line["status_code"].as_u64(), status_code.map(u64::from));
+            assert_eq!(line["error"], error);
+        }
+    }
+
+    #[test]
     fn without_the_sink_the_lines_go_through_tracing_in_their_span() {
         // Only the binary installs the JSON sink; this test process does not.
         let parse = |text: String| serde_json::from_str::<Value>(&text).expect("JSON");
@@ -195,5 +283,17 @@ mod tests {
         let line = parse(by_tracing(|| queued(ID, "m1")));
         assert_eq!(line["span"]["name"], "async.queue");
         assert_eq!(line["trace_id"], ID);
+        let line = parse(by_tracing(|| {
+            webhook_delivery(&Delivered {
+                id: ID,
+                attempt: 1,
+                status_code: Some(200),
+                error: "",
+                outcome: "succeeded",
+            })
+        }));
+        assert_eq!(line["message"], "webhook delivery");
+        assert_eq!(line["span"]["name"], "async.webhook");
+        assert_eq!(line["span"]["trace_id"], ID);
     }
 }

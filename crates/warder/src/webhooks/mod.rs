@@ -14,6 +14,7 @@ pub mod signing;
 
 use crate::config::Config;
 use crate::queue::Signals;
+use crate::telemetry::lifecycle;
 use crate::telemetry::metrics::Metrics;
 use guard::{AddressFilter, GuardedResolver, Refused};
 use serde_json::{json, Value};
@@ -164,35 +165,36 @@ impl Webhooks {
 
     async fn deliver_and_record(&self, job: &AsyncJob, signals: &Arc<Signals>) {
         let attempt = job.webhook_attempts + 1;
-        let span = tracing::info_span!(
+        // The delivery line is written by `lifecycle` in the shape of a line
+        // in this span; the span itself exists around the call only when
+        // debug lines are on, and for the rare lines.
+        let debug_span = tracing::debug_span!(
             "async.webhook",
             trace_id = %job.id,
             request_id = %job.id,
             attempt,
         );
-        async {
-            let (delivery, next) = self.deliver(job, attempt).await;
-            let outcome = match next {
-                DeliveryNext::Done => "succeeded",
-                DeliveryNext::RetryAt(_) => "retry",
-                DeliveryNext::GiveUp => "failed",
-            };
-            self.metrics.webhook_outcome(outcome);
-            tracing::info!(
-                status_code = delivery.status_code,
-                error = delivery.error.as_deref().unwrap_or(""),
-                outcome,
-                "webhook delivery"
-            );
-            if let DeliveryNext::RetryAt(at) = next {
-                signals.wake_deliveries_at(at);
-            }
-            if let Err(e) = self.store.record_delivery(delivery, next).await {
-                tracing::warn!(error = %e, "recording a webhook delivery failed");
-            }
+        let (delivery, next) = self.deliver(job, attempt).instrument(debug_span).await;
+        let outcome = match next {
+            DeliveryNext::Done => "succeeded",
+            DeliveryNext::RetryAt(_) => "retry",
+            DeliveryNext::GiveUp => "failed",
+        };
+        self.metrics.webhook_outcome(outcome);
+        lifecycle::webhook_delivery(&lifecycle::Delivered {
+            id: &job.id,
+            attempt,
+            status_code: delivery.status_code,
+            error: delivery.error.as_deref().unwrap_or(""),
+            outcome,
+        });
+        if let DeliveryNext::RetryAt(at) = next {
+            signals.wake_deliveries_at(at);
         }
-        .instrument(span)
-        .await
+        if let Err(e) = self.store.record_delivery(delivery, next).await {
+            lifecycle::webhook_span(&job.id, attempt)
+                .in_scope(|| tracing::warn!(error = %e, "recording a webhook delivery failed"));
+        }
     }
 
     /// Makes one delivery attempt; answers what to record and what follows.
@@ -262,7 +264,9 @@ impl Webhooks {
                 format!("00-{}-{}-01", job.id, SpanId::generate().to_hex()),
             );
         if secrets.is_empty() {
-            tracing::warn!(user_id = %job.user_id, "webhook sent unsigned: the user has no webhook secret");
+            lifecycle::webhook_span(&job.id, job.webhook_attempts + 1).in_scope(|| {
+                tracing::warn!(user_id = %job.user_id, "webhook sent unsigned: the user has no webhook secret")
+            });
         } else {
             req = req.header(
                 "webhook-signature",
