@@ -212,10 +212,10 @@ impl Worker {
 
     async fn run_job(self: Arc<Self>, lease: Lease, cancel: Arc<Notify>) {
         let job = &lease.job;
-        // The attempt's lines that are written for every job are written by
-        // `lifecycle`, in the shape of a line in this span; the span itself
-        // exists for the model call only when debug lines are on (the
-        // upstream client's), and for the rare lines below.
+        // The line written for every job is written by `lifecycle`, in the
+        // shape of a line in this span. The span itself exists around the
+        // model call only when this module logs at debug, and is made for
+        // the rare lines below.
         let debug_span = tracing::debug_span!(
             "async.attempt",
             trace_id = %job.id,

@@ -165,9 +165,9 @@ impl Webhooks {
 
     async fn deliver_and_record(&self, job: &AsyncJob, signals: &Arc<Signals>) {
         let attempt = job.webhook_attempts + 1;
-        // The delivery line is written by `lifecycle` in the shape of a line
-        // in this span; the span itself exists around the call only when
-        // debug lines are on, and for the rare lines.
+        // The delivery line is written by `lifecycle`, in the shape of a line
+        // in this span. The span itself exists around the call only when
+        // this module logs at debug, and is made for the rare lines.
         let debug_span = tracing::debug_span!(
             "async.webhook",
             trace_id = %job.id,
