@@ -15,6 +15,7 @@ scenarios!(
     a_stale_lease_cannot_finish_a_job_running_under_a_new_one,
     a_batch_of_submits_is_one_group_commit_with_idempotency,
     a_batch_of_outcomes_is_fenced_item_by_item,
+    batches_of_any_size_write_exactly_their_own_jobs,
     queue_depth_is_counted_per_model_and_status
 );
 
@@ -250,6 +251,79 @@ async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
         !applied[ids.len()],
         "a second result for the same lease is refused"
     );
+}
+
+/// Batches of submits and of successes of many sizes (on PostgreSQL a
+/// statement's rows are padded to the next of a few sizes with a repeated
+/// row; 257 takes two statements): every job is stored once with its own
+/// input and finished with its own output, and no other job appears.
+async fn batches_of_any_size_write_exactly_their_own_jobs(b: Backend) {
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let mut next = 0_u64;
+    for size in [
+        1_u64, 2, 3, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257,
+    ] {
+        let ids: Vec<String> = (next..next + size)
+            .map(|n| format!("{:032x}", 0xbee0_0000_u64 + n))
+            .collect();
+        next += size;
+        let jobs = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| NewJob {
+                input: format!("{{\"in\":{n}}}"),
+                ..job(&model, &caller, id, Some(&format!("key-{id}")))
+            })
+            .collect();
+        let results = store.enqueue_jobs(jobs).await.expect("enqueue");
+        let created: Vec<_> = ids
+            .iter()
+            .map(|id| Ok(Enqueued::Created(id.clone())))
+            .collect();
+        assert_eq!(results, created, "batch of {size}");
+
+        let now = Timestamp::now();
+        let leases = store
+            .claim_jobs("worker", now, Timestamp(now.0 + 60_000), 1000)
+            .await
+            .expect("claim");
+        assert_eq!(
+            leases.len(),
+            ids.len(),
+            "batch of {size}: only its jobs are queued"
+        );
+        let items: Vec<Finish> = leases
+            .iter()
+            .map(|l| Finish {
+                id: l.job.id.clone(),
+                token: l.token,
+                outcome: Outcome::Succeeded(format!("{{\"out\":\"{}\"}}", l.job.id)),
+                errors: Vec::new(),
+            })
+            .collect();
+        let applied = store
+            .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
+            .await
+            .expect("finish");
+        assert!(applied.iter().all(|a| *a), "batch of {size}: {applied:?}");
+        for (n, id) in ids.iter().enumerate() {
+            let j = store.get_job(id).await.expect("get").expect("stored");
+            assert_eq!(j.status, JobStatus::Succeeded, "batch of {size}, job {n}");
+            assert_eq!(
+                j.input,
+                format!("{{\"in\":{n}}}"),
+                "batch of {size}, job {n}"
+            );
+            assert_eq!(
+                j.output.as_deref(),
+                Some(format!("{{\"out\":\"{id}\"}}").as_str()),
+                "batch of {size}, job {n}"
+            );
+        }
+    }
+    let counts = store.queue_counts(&model.model_id).await.expect("counts");
+    assert_eq!((counts.queued, counts.in_progress), (0, 0));
 }
 
 /// Queue counts and the depth gauges' figures are per model and status: a
