@@ -8,7 +8,7 @@ use crate::helpers::*;
 use crate::scenarios;
 use serde_json::json;
 use warder_core::{
-    Enqueued, Finish, JobStatus, NewJob, Outcome, RetryConfig, StoreError, Timestamp,
+    Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, StoreError, Timestamp,
 };
 
 scenarios!(
@@ -44,6 +44,19 @@ fn job(model: &Registered, caller: &Caller, id: &str, key: Option<&str>) -> NewJ
         created_at: now,
         queue_deadline: Timestamp(now.0 + 600_000),
     }
+}
+
+/// A success for each lease, with the output `output` gives it.
+fn successes(leases: &[Lease], output: impl Fn(&Lease) -> String) -> Vec<Finish> {
+    leases
+        .iter()
+        .map(|l| Finish {
+            id: l.job.id.clone(),
+            token: l.token,
+            outcome: Outcome::Succeeded(output(l)),
+            errors: Vec::new(),
+        })
+        .collect()
 }
 
 fn request_id(n: u8) -> String {
@@ -293,15 +306,7 @@ async fn batches_of_any_size_write_exactly_their_own_jobs(b: Backend) {
             ids.len(),
             "batch of {size}: only its jobs are queued"
         );
-        let items: Vec<Finish> = leases
-            .iter()
-            .map(|l| Finish {
-                id: l.job.id.clone(),
-                token: l.token,
-                outcome: Outcome::Succeeded(format!("{{\"out\":\"{}\"}}", l.job.id)),
-                errors: Vec::new(),
-            })
-            .collect();
+        let items = successes(&leases, |l| format!("{{\"out\":\"{}\"}}", l.job.id));
         let applied = store
             .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
             .await
@@ -441,15 +446,7 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     assert_eq!(leases.len(), 3);
     assert_eq!(next().await, None, "a claim wakes nobody");
 
-    let items: Vec<Finish> = leases
-        .iter()
-        .map(|l| Finish {
-            id: l.job.id.clone(),
-            token: l.token,
-            outcome: Outcome::Succeeded("{}".to_owned()),
-            errors: Vec::new(),
-        })
-        .collect();
+    let items = successes(&leases, |_| "{}".to_owned());
     let done = store
         .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
         .await
