@@ -268,6 +268,68 @@ pub struct NewJob {
     pub created_at: Timestamp,
     /// Queue deadline.
     pub queue_deadline: Timestamp,
+    /// Stored already leased to this worker (its first attempt started),
+    /// instead of queued: a submit handed to a local worker with a free
+    /// slot. `None` queues it.
+    pub lease: Option<SubmitLease>,
+}
+
+/// The lease of a job taken at its submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitLease {
+    /// The worker that runs it.
+    pub owner: String,
+    /// The lease is lost after this instant unless renewed.
+    pub until: Timestamp,
+}
+
+/// The fencing token of a job's first lease (claims increment the stored
+/// token, which starts at 0).
+pub const FIRST_LEASE_TOKEN: i64 = 1;
+
+impl NewJob {
+    /// The job as stored with its [`NewJob::lease`], and that lease: exactly
+    /// what a claim of it would answer. `None` when it is to be queued.
+    pub fn leased(&self) -> Option<Lease> {
+        let lease = self.lease.as_ref()?;
+        let job = AsyncJob {
+            id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            key_id: self.key_id.clone(),
+            model_id: self.model_id.clone(),
+            version_id: self.version_id.clone(),
+            status: JobStatus::InProgress,
+            webhook_status: if self.webhook_url.is_some() {
+                WebhookStatus::Pending
+            } else {
+                WebhookStatus::NoWebhookProvided
+            },
+            webhook_url: self.webhook_url.clone(),
+            priority: self.priority,
+            input: self.input.clone(),
+            output: None,
+            errors: Vec::new(),
+            attempts: 1,
+            retry: self.retry,
+            idempotency_key: self.idempotency_key.clone(),
+            created_at: self.created_at,
+            queue_deadline: self.queue_deadline,
+            run_after: self.created_at,
+            started_at: Some(self.created_at),
+            finished_at: None,
+            lease_owner: Some(lease.owner.clone()),
+            lease_token: FIRST_LEASE_TOKEN,
+            lease_expires_at: Some(lease.until),
+            cancel_requested: false,
+            expires_at: None,
+            webhook_attempts: 0,
+            webhook_next_at: None,
+        };
+        Some(Lease {
+            job,
+            token: FIRST_LEASE_TOKEN,
+        })
+    }
 }
 
 /// What an enqueue did.
@@ -313,6 +375,10 @@ pub struct Finish {
     pub outcome: Outcome,
     /// The job's complete error list after this attempt.
     pub errors: Vec<JobError>,
+    /// The job's version has a `max_concurrency`: the end of its attempt
+    /// frees one of the version's slots, which workers waiting on the cap
+    /// are told of. Other ends free no slot another worker waits for.
+    pub capped: bool,
 }
 
 /// What a cancel request did.
@@ -389,16 +455,17 @@ pub struct QueueCounts {
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     /// Stores a new job, or finds the owner's earlier one with the same
-    /// idempotency key.
+    /// idempotency key. A job with a [`NewJob::lease`] is stored as a claim
+    /// under that lease would leave it ([`NewJob::leased`]).
     async fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued>;
     /// Stores several new jobs in one transaction (group commit), with one
     /// answer per job in order, each as [`JobQueue::enqueue_job`] gives it.
     /// An `Err` of the whole call means none was stored. The default calls
     /// `enqueue_job` for each; backends override it to commit once.
-    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+    async fn enqueue_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
-            out.push(self.enqueue_job(job).await);
+            out.push(self.enqueue_job(job.clone()).await);
         }
         Ok(out)
     }

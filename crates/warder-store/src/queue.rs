@@ -152,7 +152,7 @@ async fn returned_ids(
 /// Rows per multi-row statement. SQLite looks a `$N` parameter's name up by
 /// a linear scan, which sqlx does for every parameter, so binding grows with
 /// the square of the rows: its statements stay short. On PostgreSQL each
-/// statement is a round trip: 256 rows (at most 3 840 values, well under
+/// statement is a round trip: 256 rows (at most 5 376 values, well under
 /// its limit).
 fn rows_per_statement(dialect: Dialect) -> usize {
     match dialect {
@@ -334,12 +334,12 @@ impl SqlStore {
         jobs: &[NewJob],
         rows: usize,
     ) -> StoreResult<Vec<bool>> {
-        const COLUMNS: usize = 15;
+        const COLUMNS: usize = 21;
         let mut sql = String::from(
             "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
              webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
-             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, lease_token, \
-             cancel_requested, webhook_attempts) VALUES ",
+             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
+             lease_owner, lease_token, lease_expires_at, cancel_requested, webhook_attempts) VALUES ",
         );
         let mut args = sqlx::any::AnyArguments::default();
         macro_rules! bind {
@@ -360,15 +360,27 @@ impl SqlStore {
                 sql.push_str(", ");
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, 'QUEUED', ${}, ${}, ${}, ${}, NULL, '[]', 0, ${}, ${}, ${}, ${}, \
-                 ${}, ${}, ${}, 0, 0, 0)",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, NULL, '[]', ${}, ${}, ${}, ${}, \
+                 ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, 0)",
                 p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13),
-                p(14), p(15), p(14)
+                p(14), p(15), p(16), p(17), p(16), p(18), p(19), p(20), p(21)
             ));
             let webhook_status = if job.webhook_url.is_some() {
                 WebhookStatus::Pending
             } else {
                 WebhookStatus::NoWebhookProvided
+            };
+            // A job leased at submit is stored as a claim would leave it.
+            let (status, attempts, started_at, owner, token, lease_until) = match &job.lease {
+                Some(l) => (
+                    JobStatus::InProgress,
+                    1_i64,
+                    Some(job.created_at.0),
+                    Some(l.owner.clone()),
+                    FIRST_LEASE_TOKEN,
+                    Some(l.until.0),
+                ),
+                None => (JobStatus::Queued, 0, None, None, 0, None),
             };
             bind!(
                 job.id.clone(),
@@ -376,16 +388,22 @@ impl SqlStore {
                 job.key_id.clone(),
                 job.model_id.clone(),
                 job.version_id.clone(),
+                status.as_str().to_owned(),
                 webhook_status.as_str().to_owned(),
                 job.webhook_url.clone(),
                 i64::from(job.priority),
                 job.input.clone(),
+                attempts,
                 i64::from(job.retry.max_attempts),
                 job.retry.initial_delay_ms as i64,
                 job.retry.max_delay_ms as i64,
                 job.idempotency_key.clone(),
                 job.created_at.0,
                 job.queue_deadline.0,
+                started_at,
+                owner,
+                token,
+                lease_until,
             );
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
@@ -511,7 +529,9 @@ impl SqlStore {
         for i in others {
             applied[i] = self.finish_one(conn, &items[i], now, retain_until).await?;
         }
-        if applied.contains(&true) {
+        // Only a capped version's freed slot lets another worker claim:
+        // workers with free capacity claim on their own.
+        if (0..items.len()).any(|i| applied[i] && items[i].capped) {
             self.announce_freed_slots(conn).await;
         }
         Ok(applied)
@@ -611,24 +631,24 @@ impl SqlStore {
 #[async_trait]
 impl JobQueue for SqlStore {
     async fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued> {
-        let mut results = self.enqueue_jobs(vec![job]).await?;
+        let mut results = self.enqueue_jobs(std::slice::from_ref(&job)).await?;
         results
             .pop()
             .unwrap_or_else(|| Err(StoreError::Other("no answer for an enqueued job".into())))
     }
 
-    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+    async fn enqueue_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         if jobs.len() <= rows_per_statement(self.dialect()) {
             // One INSERT is a transaction of its own: no BEGIN and COMMIT
             // round trips. The lookups of idempotent replays that may
             // follow read committed rows, and answer per job.
             let mut conn = self.writer().acquire().await.map_err(map_err)?;
-            return self.enqueue_on(&mut conn, &jobs).await;
+            return self.enqueue_on(&mut conn, jobs).await;
         }
         // One transaction for the batch: each page of the table and of its
         // indexes is written once per commit instead of once per job.
         let mut tx = self.writer().begin().await.map_err(map_err)?;
-        let out = self.enqueue_on(&mut tx, &jobs).await?;
+        let out = self.enqueue_on(&mut tx, jobs).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }

@@ -75,6 +75,8 @@ pub struct App {
     background: Vec<BoxFuture<'static, ()>>,
     usage_writer: UsageWriter,
     demo_keys: Option<DemoKeys>,
+    /// The async worker of `serve`, unless disabled.
+    worker: Option<Arc<Worker>>,
 }
 
 /// Opens the store named by the configuration (creating the data dir for SQLite).
@@ -138,6 +140,20 @@ impl App {
         }
         let (usage, usage_writer) = usage_channel(store.clone());
         let webhooks = Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?);
+        let upstream = UpstreamClient::new();
+        let signals = Arc::new(Signals::default());
+        // Built here, run by `run`: the submitter hands jobs to it.
+        let worker = config.worker_enabled.then(|| {
+            Worker::new(WorkerDeps {
+                store: store.clone(),
+                catalog: catalog.clone(),
+                upstream: upstream.clone(),
+                metrics: metrics.clone(),
+                config: config.clone(),
+                signals: signals.clone(),
+                webhooks: webhooks.clone(),
+            })
+        });
         let state = Arc::new(AppState {
             config: config.clone(),
             store: store.clone(),
@@ -145,13 +161,13 @@ impl App {
             catalog,
             limiter,
             quotas: Arc::new(Quotas::new(store.clone())),
-            upstream: UpstreamClient::new(),
+            upstream,
             metrics,
             usage,
             control,
             redis,
-            signals: Arc::new(Signals::default()),
-            submitter: Submitter::start(store.clone()),
+            submitter: Submitter::start(store.clone(), signals.clone(), worker.clone()),
+            signals,
             webhooks,
         });
 
@@ -187,6 +203,7 @@ impl App {
             background,
             usage_writer,
             demo_keys,
+            worker,
         })
     }
 
@@ -263,11 +280,7 @@ impl App {
             let _ = usage_stopped.await;
         }));
         let mut background: Vec<_> = self.background.into_iter().map(tokio::spawn).collect();
-        let worker = self
-            .state
-            .config
-            .worker_enabled
-            .then(|| tokio::spawn(Worker::run(worker_deps(&self.state), signal())));
+        let worker = self.worker.map(|w| tokio::spawn(w.run(signal())));
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutdown requested");
@@ -284,18 +297,6 @@ impl App {
             task.abort();
         }
         tracing::info!("warder stopped");
-    }
-}
-
-fn worker_deps(state: &AppState) -> WorkerDeps {
-    WorkerDeps {
-        store: state.store.clone(),
-        catalog: state.catalog.clone(),
-        upstream: state.upstream.clone(),
-        metrics: state.metrics.clone(),
-        config: state.config.clone(),
-        signals: state.signals.clone(),
-        webhooks: state.webhooks.clone(),
     }
 }
 
@@ -317,6 +318,6 @@ pub async fn run_worker(
         config,
         store,
     };
-    Worker::run(deps, shutdown).await;
+    Worker::new(deps).run(shutdown).await;
     Ok(())
 }

@@ -15,7 +15,6 @@ use crate::catalog::{ResolveError, Selector};
 use crate::gateway::{self, RequestFacts};
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::telemetry::lifecycle;
 use crate::telemetry::trace::TraceContext;
 use crate::webhooks::guard::Refused;
 use serde::{Deserialize, Serialize};
@@ -257,6 +256,7 @@ pub async fn submit(
         idempotency_key: call.idempotency_key,
         created_at: now,
         queue_deadline: Timestamp(now.0 + queue_s * 1000),
+        lease: None,
     };
     // A retried submit answers its first request, whatever the quota says.
     if let Some(key) = &job.idempotency_key {
@@ -275,7 +275,8 @@ pub async fn submit(
     // submit that raced a replay of itself, or could not be stored, gives
     // its call back.
     gateway::take_quota(state, &call.principal, &target, &limits).await?;
-    let enqueued = state.submitter.enqueue(job).await;
+    let may_hand_off = target.version.max_concurrency.is_none();
+    let enqueued = state.submitter.enqueue(job, may_hand_off).await;
     if !matches!(enqueued, Ok(Enqueued::Created(_))) {
         state.quotas.refund(
             &call.principal.key_id,
@@ -291,10 +292,6 @@ pub async fn submit(
                 &call.principal.key_id,
                 &target.model_label.0,
             );
-            state.signals.work.notify_one();
-            // The queue phase of the request's life, under its trace id like
-            // each attempt (`async.attempt`) and delivery (`async.webhook`).
-            lifecycle::queued(&id, &target.model.id);
             Submitted {
                 request_id: id,
                 replayed: false,

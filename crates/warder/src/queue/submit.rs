@@ -10,6 +10,9 @@
 //! one) and goes in the next; under light load a batch is a single job, so
 //! latency is that of a plain insert.
 
+use crate::queue::worker::Worker;
+use crate::queue::Signals;
+use crate::telemetry::lifecycle;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use warder_core::{Enqueued, NewJob, Store, StoreError, StoreResult};
@@ -17,7 +20,10 @@ use warder_core::{Enqueued, NewJob, Store, StoreError, StoreResult};
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Pending = (NewJob, oneshot::Sender<StoreResult<Enqueued>>);
+/// A submit waiting for its batch, and whether it may be handed to the
+/// local worker (its version has no `max_concurrency`, which only a claim
+/// checks across workers).
+type Pending = (NewJob, bool, oneshot::Sender<StoreResult<Enqueued>>);
 
 /// The submitting side, held by the request handlers; cheap to clone.
 #[derive(Clone)]
@@ -25,20 +31,38 @@ pub struct Submitter {
     tx: mpsc::Sender<Pending>,
 }
 
+/// Where stored submits go next.
+struct Next {
+    /// Wakes this process's claim loop for queued jobs.
+    signals: Arc<Signals>,
+    /// The worker of this process, if it runs one: submits it has free
+    /// slots for are handed to it.
+    worker: Option<Arc<Worker>>,
+}
+
 impl Submitter {
     /// Starts the committing task over `store`. It ends when every
     /// `Submitter` is dropped, after storing what was sent.
-    pub fn start(store: Arc<dyn Store>) -> Submitter {
+    pub fn start(
+        store: Arc<dyn Store>,
+        signals: Arc<Signals>,
+        worker: Option<Arc<Worker>>,
+    ) -> Submitter {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(commit_batches(store, rx));
+        tokio::spawn(commit_batches(store, Next { signals, worker }, rx));
         Submitter { tx }
     }
 
     /// Stores `job` (or finds the owner's earlier one with its idempotency
-    /// key) and answers once it is committed.
-    pub async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
+    /// key) and answers once it is committed. A new job is queued, or, when
+    /// `may_hand_off` and the local worker has a free slot and no backlog,
+    /// stored leased to that worker and started at once.
+    pub async fn enqueue(&self, job: NewJob, may_hand_off: bool) -> StoreResult<Enqueued> {
         let (done, answer) = oneshot::channel();
-        self.tx.send((job, done)).await.map_err(|_| stopped())?;
+        self.tx
+            .send((job, may_hand_off, done))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
@@ -47,31 +71,62 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("the submit queue has stopped".into())
 }
 
-async fn commit_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
+async fn commit_batches(store: Arc<dyn Store>, next: Next, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // `recv_many` waits for the first submit, then takes every one already
     // waiting: those that arrived while the previous batch committed.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (jobs, answers): (Vec<NewJob>, Vec<_>) = batch.drain(..).unzip();
-        let count = jobs.len();
-        match store.enqueue_jobs(jobs).await {
-            Ok(results) if results.len() == count => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result);
-                }
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut eligible = Vec::new();
+        for (job, may_hand_off, answer) in batch.drain(..) {
+            if may_hand_off {
+                eligible.push(jobs.len());
             }
+            jobs.push(job);
+            answers.push(answer);
+        }
+        // The first eligible jobs, up to the worker's free slots, are
+        // stored leased to it; each keeps its slot in `permits`.
+        let mut permits: Vec<_> = (0..jobs.len()).map(|_| None).collect();
+        let slots = next
+            .worker
+            .as_ref()
+            .and_then(|w| w.take_slots(eligible.len()));
+        if let Some(slots) = slots {
+            for (i, permit) in eligible.into_iter().zip(slots.permits) {
+                jobs[i].lease = Some(slots.lease.clone());
+                permits[i] = Some(permit);
+            }
+        }
+        let results = match store.enqueue_jobs(&jobs).await {
+            Ok(results) if results.len() == jobs.len() => results,
             Ok(_) => {
                 let e = StoreError::Other("the store answered a batch of the wrong size".into());
-                for answer in answers {
-                    let _ = answer.send(Err(e.clone()));
-                }
+                (0..jobs.len()).map(|_| Err(e.clone())).collect()
             }
             // Nothing of the batch was stored: every submit of it fails alike.
-            Err(e) => {
-                for answer in answers {
-                    let _ = answer.send(Err(e.clone()));
+            Err(e) => (0..jobs.len()).map(|_| Err(e.clone())).collect(),
+        };
+        let mut queued = false;
+        for (((job, answer), permit), result) in jobs.iter().zip(answers).zip(permits).zip(results)
+        {
+            if let Ok(Enqueued::Created(id)) = &result {
+                // The queue phase of the request's life, under its trace id
+                // like each attempt (`async.attempt`) and delivery
+                // (`async.webhook`); logged before an attempt can start.
+                lifecycle::queued(id, &job.model_id);
+                match (job.leased(), permit, &next.worker) {
+                    (Some(lease), Some(permit), Some(worker)) => worker.start(lease, permit),
+                    _ => queued = true,
                 }
             }
+            // A slot of a submit not stored (a replay, an error) is freed
+            // with its permit here.
+            let _ = answer.send(result);
+        }
+        if queued {
+            next.signals.work.notify_one();
         }
     }
 }

@@ -221,6 +221,7 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
                 token: stale.lease_token,
                 outcome: Outcome::Succeeded("\"late\"".into()),
                 errors: Vec::new(),
+                capped: false,
             }],
             now,
             now,

@@ -1,14 +1,16 @@
 //! The job queue of the store, driven directly: the lease token fences off a
 //! worker whose lease was rescued and handed to another, while the job is
 //! running again; a batch of submits is stored in one group commit with the
-//! same idempotency answers as one-by-one submits. The in-process worker is
-//! off, so only the test claims.
+//! same idempotency answers as one-by-one submits; a job leased at submit is
+//! stored as a claim would leave it. The in-process worker is off, so only
+//! the test claims.
 
 use crate::helpers::*;
 use crate::scenarios;
 use serde_json::json;
 use warder_core::{
-    Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, StoreError, Timestamp,
+    Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, StoreError, SubmitLease,
+    Timestamp, FIRST_LEASE_TOKEN,
 };
 
 scenarios!(
@@ -16,7 +18,8 @@ scenarios!(
     a_batch_of_submits_is_one_group_commit_with_idempotency,
     a_batch_of_outcomes_is_fenced_item_by_item,
     batches_of_any_size_write_exactly_their_own_jobs,
-    queue_depth_is_counted_per_model_and_status
+    queue_depth_is_counted_per_model_and_status,
+    a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it,
 );
 
 async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
@@ -43,6 +46,7 @@ fn job(model: &Registered, caller: &Caller, id: &str, key: Option<&str>) -> NewJ
         idempotency_key: key.map(str::to_owned),
         created_at: now,
         queue_deadline: Timestamp(now.0 + 600_000),
+        lease: None,
     }
 }
 
@@ -55,6 +59,7 @@ fn successes(leases: &[Lease], output: impl Fn(&Lease) -> String) -> Vec<Finish>
             token: l.token,
             outcome: Outcome::Succeeded(output(l)),
             errors: Vec::new(),
+            capped: false,
         })
         .collect()
 }
@@ -103,6 +108,7 @@ async fn a_stale_lease_cannot_finish_a_job_running_under_a_new_one(b: Backend) {
         token,
         outcome: Outcome::Succeeded(output.to_owned()),
         errors: Vec::new(),
+        capped: false,
     };
     // A's late result, while the job runs under B: refused, nothing changes.
     let running = store.get_job(&id).await.expect("get").expect("job");
@@ -158,7 +164,7 @@ async fn a_batch_of_submits_is_one_group_commit_with_idempotency(b: Backend) {
         // The same request id again: a conflict for that one job only.
         job(&model, &caller, &request_id(11), None),
     ];
-    let results = store.enqueue_jobs(batch).await.expect("batch");
+    let results = store.enqueue_jobs(&batch).await.expect("batch");
     assert_eq!(results.len(), 5);
     assert_eq!(results[0], Ok(Enqueued::Created(request_id(11))));
     assert_eq!(results[1], Ok(Enqueued::Created(request_id(12))));
@@ -196,11 +202,11 @@ async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
     let (app, model, caller) = queue_app(b).await;
     let store = &app.state.store;
     let ids: Vec<String> = (20..60).map(request_id).collect();
-    let jobs = ids
+    let jobs: Vec<NewJob> = ids
         .iter()
         .map(|id| job(&model, &caller, id, None))
         .collect();
-    store.enqueue_jobs(jobs).await.expect("enqueue");
+    store.enqueue_jobs(&jobs).await.expect("enqueue");
     let now = Timestamp::now();
     let leases = store
         .claim_jobs("worker", now, Timestamp(now.0 + 60_000), 100)
@@ -232,6 +238,7 @@ async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
                 Outcome::Failed
             },
             errors: Vec::new(),
+            capped: false,
         })
         .collect();
     items.push(Finish {
@@ -239,6 +246,7 @@ async fn a_batch_of_outcomes_is_fenced_item_by_item(b: Backend) {
         token: token(&ids[0]),
         outcome: Outcome::Succeeded("\"again\"".into()),
         errors: Vec::new(),
+        capped: false,
     });
     let applied = store
         .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
@@ -281,7 +289,7 @@ async fn batches_of_any_size_write_exactly_their_own_jobs(b: Backend) {
             .map(|n| format!("{:032x}", 0xbee0_0000_u64 + n))
             .collect();
         next += size;
-        let jobs = ids
+        let jobs: Vec<NewJob> = ids
             .iter()
             .enumerate()
             .map(|(n, id)| NewJob {
@@ -289,7 +297,7 @@ async fn batches_of_any_size_write_exactly_their_own_jobs(b: Backend) {
                 ..job(&model, &caller, id, Some(&format!("key-{id}")))
             })
             .collect();
-        let results = store.enqueue_jobs(jobs).await.expect("enqueue");
+        let results = store.enqueue_jobs(&jobs).await.expect("enqueue");
         let created: Vec<_> = ids
             .iter()
             .map(|id| Ok(Enqueued::Created(id.clone())))
@@ -360,7 +368,7 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
     for n in 0..2 {
         jobs.push(job(&other, &caller, &request_id(50 + n), None));
     }
-    for r in store.enqueue_jobs(jobs).await.expect("enqueue") {
+    for r in store.enqueue_jobs(&jobs).await.expect("enqueue") {
         r.expect("created");
     }
     // Two running (the oldest, both of model `queued`), one of them finished.
@@ -378,6 +386,7 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
                 token: leases[0].token,
                 outcome: Outcome::Succeeded("{}".to_owned()),
                 errors: Vec::new(),
+                capped: false,
             }],
             now,
             Timestamp(now.0 + 60_000),
@@ -402,9 +411,11 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
     assert_eq!(depth, expected);
 }
 
-/// On PostgreSQL the queue wakes other processes' workers once per batch:
-/// a stored batch of submits and a recorded batch of outcomes (freed
-/// slots) each send one `NOTIFY`; a claim sends none.
+/// On PostgreSQL the queue wakes other processes' workers once per batch,
+/// and only when there is something to claim: a stored batch that queued
+/// jobs, and a recorded batch of outcomes that freed a capped version's
+/// slot, each send one `NOTIFY`. A batch of jobs leased at submit, a claim,
+/// and outcomes that free no capped slot send none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     let Some(b) = Backend::postgres() else {
@@ -425,10 +436,10 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
             .map(|n| n.expect("notification").payload().to_owned())
     };
 
-    let jobs = (0..3)
+    let jobs: Vec<NewJob> = (0..3)
         .map(|n| job(&model, &caller, &request_id(60 + n), None))
         .collect();
-    for r in store.enqueue_jobs(jobs).await.expect("enqueue") {
+    for r in store.enqueue_jobs(&jobs).await.expect("enqueue") {
         r.expect("created");
     }
     assert_eq!(
@@ -438,6 +449,21 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     );
     assert_eq!(next().await, None, "once per batch");
 
+    let leased: Vec<NewJob> = (0..2)
+        .map(|n| {
+            let mut j = job(&model, &caller, &request_id(70 + n), None);
+            j.lease = Some(SubmitLease {
+                owner: "w-submit".to_owned(),
+                until: Timestamp(Timestamp::now().0 + 60_000),
+            });
+            j
+        })
+        .collect();
+    for r in store.enqueue_jobs(&leased).await.expect("enqueue leased") {
+        r.expect("created");
+    }
+    assert_eq!(next().await, None, "jobs leased at submit wake nobody");
+
     let now = Timestamp::now();
     let leases = store
         .claim_jobs("w", now, Timestamp(now.0 + 60_000), 3)
@@ -446,12 +472,138 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     assert_eq!(leases.len(), 3);
     assert_eq!(next().await, None, "a claim wakes nobody");
 
-    let items = successes(&leases, |_| "{}".to_owned());
+    let mut items = successes(&leases, |_| "{}".to_owned());
+    let capped = items.split_off(1);
     let done = store
         .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
         .await
         .expect("finish");
-    assert_eq!(done, vec![true; 3]);
-    assert_eq!(next().await.as_deref(), Some("work"), "freed slots wake");
+    assert_eq!(done, vec![true]);
+    assert_eq!(next().await, None, "no capped slot freed, nobody woken");
+    let capped: Vec<Finish> = capped
+        .into_iter()
+        .map(|f| Finish { capped: true, ..f })
+        .collect();
+    let done = store
+        .finish_jobs(&capped, now, Timestamp(now.0 + 60_000))
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true; 2]);
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "freed capped slots wake"
+    );
     assert_eq!(next().await, None, "once per batch");
+}
+
+async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) {
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let now = Timestamp::now();
+    let leased = |mut j: NewJob, owner: &str, until: i64| {
+        j.lease = Some(SubmitLease {
+            owner: owner.to_owned(),
+            until: Timestamp(now.0 + until),
+        });
+        j
+    };
+    let a = leased(
+        job(&model, &caller, &request_id(1), None),
+        "w-submit",
+        60_000,
+    );
+    let queued = job(&model, &caller, &request_id(2), Some("k"));
+    // A replay of `queued`'s key, leased: it answers the first job and
+    // leaves it queued and unleased.
+    let replay = leased(
+        job(&model, &caller, &request_id(3), Some("k")),
+        "w-submit",
+        60_000,
+    );
+    // A lease of another worker that runs out, to be rescued.
+    let short = leased(job(&model, &caller, &request_id(4), None), "w-gone", 50);
+    let results = store
+        .enqueue_jobs(&[a.clone(), queued.clone(), replay, short.clone()])
+        .await
+        .expect("enqueue");
+    let answers: Vec<Enqueued> = results.into_iter().map(|r| r.expect("stored")).collect();
+    assert_eq!(
+        answers,
+        vec![
+            Enqueued::Created(a.id.clone()),
+            Enqueued::Created(queued.id.clone()),
+            Enqueued::Existing(queued.id.clone()),
+            Enqueued::Created(short.id.clone()),
+        ]
+    );
+
+    // Stored exactly as `leased()` says, which is what the worker runs.
+    let lease = a.leased().expect("a lease");
+    assert_eq!(lease.token, FIRST_LEASE_TOKEN);
+    let stored = store.get_job(&a.id).await.expect("get").expect("job");
+    assert_eq!(stored, lease.job);
+    assert_eq!(stored.status, JobStatus::InProgress);
+    assert_eq!(stored.attempts, 1);
+    let first = store.get_job(&queued.id).await.expect("get").expect("job");
+    assert_eq!(first.status, JobStatus::Queued);
+    assert_eq!(first.lease_owner, None);
+    assert_eq!(first.attempts, 0);
+
+    // Another worker's claim takes only the queued job.
+    let claimed = store
+        .claim_jobs("w-other", now, Timestamp(now.0 + 60_000), 10)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|l| l.job.id.as_str()).collect();
+    assert_eq!(ids, vec![queued.id.as_str()]);
+
+    // The submit lease's owner renews it with its heartbeat, and finishes
+    // the job with the first token.
+    let renewed = Timestamp(now.0 + 120_000);
+    store
+        .heartbeat("w-submit", renewed)
+        .await
+        .expect("heartbeat");
+    let stored = store.get_job(&a.id).await.expect("get").expect("job");
+    assert_eq!(stored.lease_expires_at, Some(renewed));
+    let done = store
+        .finish_jobs(
+            &successes(std::slice::from_ref(&lease), |_| "\"ok\"".to_owned()),
+            now,
+            Timestamp(now.0 + 60_000),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true]);
+    let stored = store.get_job(&a.id).await.expect("get").expect("job");
+    assert_eq!(stored.status, JobStatus::Succeeded);
+    assert_eq!(stored.output.as_deref(), Some("\"ok\""));
+
+    // A submit lease that runs out unrenewed is rescued like a claim's,
+    // and the next claim fences the first lease off.
+    let later = Timestamp(now.0 + 1_000);
+    assert_eq!(
+        store
+            .rescue_expired_leases(later, Timestamp(later.0 + 60_000))
+            .await
+            .expect("rescue"),
+        1
+    );
+    let again = store
+        .claim_jobs("w-other", later, Timestamp(later.0 + 60_000), 10)
+        .await
+        .expect("claim again");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].job.id, short.id);
+    assert_eq!(again[0].token, FIRST_LEASE_TOKEN + 1);
+    assert_eq!(again[0].job.attempts, 2);
+    let stale = short.leased().expect("a lease");
+    assert_eq!(
+        store
+            .finish_jobs(&successes(&[stale], |_| "1".to_owned()), later, later)
+            .await
+            .expect("finish stale"),
+        vec![false]
+    );
 }

@@ -118,7 +118,7 @@ counted!(UsageStore {
 
 counted!(JobQueue {
     fn enqueue_job(&self, job: NewJob) -> StoreResult<Enqueued>;
-    fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> StoreResult<Vec<StoreResult<Enqueued>>>;
+    fn enqueue_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Enqueued>>>;
     fn job_by_idempotency_key(&self, user_id: &str, key: &str) -> StoreResult<Option<String>>;
     fn get_job(&self, id: &str) -> StoreResult<Option<AsyncJob>>;
     fn list_jobs(&self, filter: JobFilter) -> StoreResult<Vec<AsyncJob>>;

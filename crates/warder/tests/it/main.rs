@@ -6,6 +6,7 @@ mod admin;
 mod async_behaviour;
 mod async_cli;
 mod async_crash;
+mod async_handoff;
 mod async_predict;
 mod async_queue_store;
 mod async_quota;
