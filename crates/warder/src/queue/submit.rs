@@ -9,6 +9,11 @@
 //! lock. Here a submit waits for the batch in flight to commit (when there is
 //! one) and goes in the next; under light load a batch is a single job, so
 //! latency is that of a plain insert.
+//!
+//! The same task hands submits to the worker of this process while it has
+//! free slots and no backlog ([`Worker::take_slots`]): they are stored
+//! already leased to it and started once committed, without waiting for a
+//! claim, which on PostgreSQL was a third of the writes per job.
 
 use crate::queue::worker::Worker;
 use crate::queue::Signals;
