@@ -488,9 +488,16 @@ pub trait JobQueue: Send + Sync {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Lease>>;
-    /// Extends every lease `owner` holds; answers the ids whose owners asked
-    /// for a cancel.
-    async fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> StoreResult<Vec<String>>;
+    /// Extends the leases `owner` holds on `ids`, the jobs it is running;
+    /// answers those whose owners asked for a cancel. A lease of `owner` on
+    /// a job it does not list (one stored leased to it by a submit whose
+    /// batch it could not confirm) is left to run out and be rescued.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<String>>;
     /// Records attempts' outcomes in one transaction; answers, per item,
     /// `false` when its token is stale (the lease was lost) and nothing was
     /// written. `retain_until` is when a job finished now is deleted.

@@ -280,15 +280,16 @@ impl SqlStore {
             let mut tx = self.writer().begin().await.map_err(map_err)?;
             // One claimer per capped version at a time: the running count
             // and the claim below cannot interleave with another worker's.
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('warder:' || $1))")
-                    .bind(&version)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            if !locked {
-                continue;
-            }
+            // A claimer waits for the one ahead (a count and a claim): one
+            // that skipped the version instead could go back to sleep with
+            // slots of it free, until the next wake-up.
+            sqlx::query(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('warder:' || $1))) AS l",
+            )
+            .bind(&version)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
             let running: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM async_jobs WHERE version_id = $1 AND status = 'IN_PROGRESS'",
             )
@@ -331,7 +332,7 @@ impl SqlStore {
     /// PostgreSQL each is a round trip and an executor start.
     async fn insert_jobs(
         conn: &mut sqlx::AnyConnection,
-        jobs: &[NewJob],
+        jobs: &[&NewJob],
         rows: usize,
     ) -> StoreResult<Vec<bool>> {
         const COLUMNS: usize = 21;
@@ -564,19 +565,37 @@ impl SqlStore {
         conn: &mut sqlx::AnyConnection,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
-        let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(rows_per_statement(self.dialect())) {
-            let rows = padded_rows(self.dialect(), chunk.len());
-            let inserted = Self::insert_jobs(conn, chunk, rows).await?;
-            for (job, new) in chunk.iter().zip(inserted) {
-                if new {
-                    out.push(Ok(Enqueued::Created(job.id.clone())));
+        // Rows go in in one order everywhere (jobs with an idempotency key
+        // first, by owner and key, then by id), so that two batches
+        // committing at once, in this process or on another node, that share
+        // a key wait for each other instead of deadlocking.
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&i| {
+            let j = &jobs[i];
+            (
+                j.idempotency_key.is_none(),
+                &j.user_id,
+                &j.idempotency_key,
+                &j.id,
+            )
+        });
+        let mut out: Vec<Option<StoreResult<Enqueued>>> = vec![None; jobs.len()];
+        for chunk in order.chunks(rows_per_statement(self.dialect())) {
+            let rows: Vec<&NewJob> = chunk.iter().map(|&i| &jobs[i]).collect();
+            let padded = padded_rows(self.dialect(), rows.len());
+            let inserted = Self::insert_jobs(conn, &rows, padded).await?;
+            for ((&i, job), new) in chunk.iter().zip(&rows).zip(inserted) {
+                out[i] = Some(if new {
+                    Ok(Enqueued::Created(job.id.clone()))
                 } else {
-                    out.push(Self::existing_job(conn, job).await);
-                }
+                    Self::existing_job(conn, job).await
+                });
             }
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Other("a job was not stored".into()))))
+            .collect())
     }
 
     async fn finish_one(
@@ -752,24 +771,35 @@ impl JobQueue for SqlStore {
         }
     }
 
-    async fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> StoreResult<Vec<String>> {
-        sqlx::query(
-            "UPDATE async_jobs SET lease_expires_at = $1 \
-             WHERE lease_owner = $2 AND status = 'IN_PROGRESS'",
-        )
-        .bind(lease_until.0)
-        .bind(owner)
-        .execute(self.writer())
-        .await
-        .map_err(map_err)?;
-        sqlx::query_scalar(
-            "SELECT id FROM async_jobs WHERE lease_owner = $1 AND status = 'IN_PROGRESS' \
-             AND cancel_requested = 1",
-        )
-        .bind(owner)
-        .fetch_all(self.pool())
-        .await
-        .map_err(map_err)
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease_until: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let mut cancels = Vec::new();
+        for chunk in ids.chunks(rows_per_statement(self.dialect())) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE async_jobs SET lease_expires_at = $1 \
+                 WHERE lease_owner = $2 AND status = 'IN_PROGRESS' AND id IN ({list}) \
+                 RETURNING id, cancel_requested"
+            );
+            let mut query = sqlx::query(&sql).bind(lease_until.0).bind(owner);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let rows = query.fetch_all(self.writer()).await.map_err(map_err)?;
+            for row in &rows {
+                if get::<i64>(row, "cancel_requested")? != 0 {
+                    cancels.push(get::<String>(row, "id")?);
+                }
+            }
+        }
+        Ok(cancels)
     }
 
     async fn finish_jobs(

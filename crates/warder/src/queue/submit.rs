@@ -119,8 +119,9 @@ async fn commit(store: &dyn Store, next: &Next, batch: Vec<Pending>) {
         jobs.push(job);
         answers.push(answer);
     }
-    // The first eligible jobs, up to the worker's free slots, are
-    // stored leased to it; each keeps its slot in `permits`.
+    // The first eligible jobs in priority order, up to the worker's free
+    // slots, are stored leased to it; each keeps its slot in `permits`.
+    eligible.sort_by_key(|&i| jobs[i].priority);
     let mut permits: Vec<_> = (0..jobs.len()).map(|_| None).collect();
     let slots = next
         .worker

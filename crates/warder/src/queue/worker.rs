@@ -10,7 +10,8 @@
 //!   model call by dropping it (the upstream sees the connection close);
 //! - **completer**: writes outcomes in batches (one transaction per batch),
 //!   each fenced by the lease token;
-//! - **heartbeat**: renews this worker's leases and picks up cancels;
+//! - **heartbeat**: renews the leases of the attempts running here and
+//!   picks up cancels;
 //! - **sweeper**: expires overdue queued jobs, rescues lost leases, purges
 //!   finished jobs past retention and refreshes the depth gauges;
 //! - **deliveries**: [`crate::webhooks::Webhooks::run`].
@@ -114,9 +115,10 @@ impl Worker {
     /// to this worker and run them at once ([`Worker::start`]), instead of
     /// queueing each for a claim: one write per job fewer, and no wait.
     ///
-    /// Only while this worker runs and its last claim left no ready job
-    /// behind, so a hand-off never overtakes a job waiting in the queue
-    /// (bar one stored since, which the next claim takes). None otherwise.
+    /// Only while this worker runs and its last claim succeeded and left no
+    /// ready job behind, so a hand-off does not overtake the queue, bar
+    /// jobs queued since that claim (by another process, or while this
+    /// worker was full), which its next claim takes. None otherwise.
     pub fn take_slots(&self, n: usize) -> Option<Slots> {
         if n == 0 || !self.drained.load(Ordering::Acquire) {
             return None;
@@ -187,7 +189,11 @@ impl Worker {
         worker.drained.store(false, Ordering::Release);
         let drain = Duration::from_secs(worker.deps.config.drain_timeout_s);
         let all = worker.deps.config.async_queue.worker_concurrency;
-        match tokio::time::timeout(drain, worker.capacity.acquire_many(all)).await {
+        let drained = tokio::time::timeout(drain, worker.capacity.acquire_many(all)).await;
+        // No slot for anyone from now on: a submit that read `drained`
+        // before the store above cannot hand a job to a stopped worker.
+        worker.capacity.close();
+        match drained {
             Ok(_) => tracing::info!(worker = %worker.owner, "async worker drained"),
             Err(_) => tracing::warn!(
                 worker = %worker.owner,
@@ -245,15 +251,18 @@ impl Worker {
                 .claim_jobs(&self.owner, now, until, want)
                 .await
             {
-                Ok(c) => c,
+                Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming async jobs failed");
-                    Vec::new()
+                    None
                 }
             };
+            // Unknown after a failed claim: no hand-off until one succeeds.
+            let drained = claimed.as_ref().is_some_and(|c| (c.len() as u32) < want);
+            self.drained.store(drained, Ordering::Release);
+            let claimed = claimed.unwrap_or_default();
             let got = claimed.len() as u32;
             backlog = got == want;
-            self.drained.store(!backlog, Ordering::Release);
             for (lease, permit) in claimed.into_iter().zip(permits) {
                 self.start(lease, permit);
             }
@@ -499,8 +508,11 @@ impl Worker {
         }
     }
 
-    /// Renews leases every `heartbeat_ms` (and at once on a cancel signal);
-    /// aborts the attempts whose owners asked for a cancel.
+    /// Renews the leases of the attempts running here every `heartbeat_ms`
+    /// (and at once on a cancel signal); aborts those whose owners asked for
+    /// a cancel. Only those: a job stored leased to this worker that it never
+    /// started (its submit's batch failed as far as it could tell) loses its
+    /// lease and is rescued.
     async fn heartbeat(self: Arc<Self>, stop: impl Future<Output = ()>) {
         let q = &self.deps.config.async_queue;
         let period = Duration::from_millis(q.heartbeat_ms);
@@ -512,7 +524,14 @@ impl Worker {
                 _ = &mut stop => return,
             }
             let until = Timestamp(now_ms() + q.lease_ms as i64);
-            match self.deps.store.heartbeat(&self.owner, until).await {
+            let ids: Vec<String> = match self.running.lock() {
+                Ok(r) => r.keys().cloned().collect(),
+                Err(_) => continue,
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            match self.deps.store.heartbeat(&self.owner, &ids, until).await {
                 Ok(cancels) => {
                     let Ok(running) = self.running.lock() else {
                         continue;

@@ -134,25 +134,22 @@ async fn a_full_worker_leaves_the_rest_to_the_queue_in_order(b: Backend) {
 
 async fn a_capped_version_always_goes_through_a_claim(b: Backend) {
     // Only a claim counts a capped version's running jobs across workers,
-    // so its submits are queued even when this worker is idle.
+    // so its submits are queued even when this worker is idle. The model
+    // holds each call, so no finished job wakes a claim before the check.
     let (app, store) = counted_app(b, 4).await;
     let model = gate_model().await;
-    app.register(
-        "capped",
-        &model.url("/slow/0"),
-        json!({"max_concurrency": 1}),
-    )
-    .await;
+    app.register("capped", &model.url("/gate"), json!({"max_concurrency": 1}))
+        .await;
     let c = app.caller("c", &["capped"], None).await;
-    for i in 0..3 {
-        let claims = store.count_of("claim_jobs");
-        let id = submit_ok(&app, &c.key, "capped", json!({"model_input": {"i": i}})).await;
-        assert_eq!(finished(&app, &c.key, &id).await["status"], "SUCCEEDED");
-        assert!(
-            store.count_of("claim_jobs") > claims,
-            "submit {i} was claimed"
-        );
-    }
+    let claims = store.count_of("claim_jobs");
+    let id = submit_ok(&app, &c.key, "capped", json!({"model_input": {}})).await;
+    model.wait_calls(1, Duration::from_secs(10)).await;
+    assert!(
+        store.count_of("claim_jobs") > claims,
+        "the model was called for a job no claim took"
+    );
+    model.open();
+    assert_eq!(finished(&app, &c.key, &id).await["status"], "SUCCEEDED");
 }
 
 async fn a_handed_over_job_is_canceled_like_a_claimed_one(b: Backend) {

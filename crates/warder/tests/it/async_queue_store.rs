@@ -521,8 +521,9 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
         "w-submit",
         60_000,
     );
-    // A lease of another worker that runs out, to be rescued.
-    let short = leased(job(&model, &caller, &request_id(4), None), "w-gone", 50);
+    // A job leased to the same worker that it never runs (its batch failed
+    // as far as the worker could tell): its lease runs out and it is rescued.
+    let short = leased(job(&model, &caller, &request_id(4), None), "w-submit", 50);
     let results = store
         .enqueue_jobs(&[a.clone(), queued.clone(), replay, short.clone()])
         .await
@@ -558,15 +559,18 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
     let ids: Vec<&str> = claimed.iter().map(|l| l.job.id.as_str()).collect();
     assert_eq!(ids, vec![queued.id.as_str()]);
 
-    // The submit lease's owner renews it with its heartbeat, and finishes
-    // the job with the first token.
+    // The submit lease's owner renews the lease of the job it runs (and
+    // only that one) with its heartbeat, and finishes it with the first
+    // token.
     let renewed = Timestamp(now.0 + 120_000);
     store
-        .heartbeat("w-submit", renewed)
+        .heartbeat("w-submit", std::slice::from_ref(&a.id), renewed)
         .await
         .expect("heartbeat");
     let stored = store.get_job(&a.id).await.expect("get").expect("job");
     assert_eq!(stored.lease_expires_at, Some(renewed));
+    let unlisted = store.get_job(&short.id).await.expect("get").expect("job");
+    assert_eq!(unlisted.lease_expires_at, Some(Timestamp(now.0 + 50)));
     let done = store
         .finish_jobs(
             &successes(std::slice::from_ref(&lease), |_| "\"ok\"".to_owned()),
@@ -580,8 +584,8 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
     assert_eq!(stored.status, JobStatus::Succeeded);
     assert_eq!(stored.output.as_deref(), Some("\"ok\""));
 
-    // A submit lease that runs out unrenewed is rescued like a claim's,
-    // and the next claim fences the first lease off.
+    // The unrenewed lease runs out and the job is rescued like a claimed
+    // one; the next claim fences the first lease off.
     let later = Timestamp(now.0 + 1_000);
     assert_eq!(
         store

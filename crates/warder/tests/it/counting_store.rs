@@ -131,7 +131,7 @@ counted!(JobQueue {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Lease>>;
-    fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> StoreResult<Vec<String>>;
+    fn heartbeat(&self, owner: &str, ids: &[String], lease_until: Timestamp) -> StoreResult<Vec<String>>;
     fn finish_jobs(
         &self,
         items: &[Finish],
