@@ -8,9 +8,10 @@
 use crate::helpers::*;
 use crate::scenarios;
 use serde_json::json;
+use std::sync::Arc;
 use warder_core::{
-    Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, StoreError, SubmitLease,
-    Timestamp, FIRST_LEASE_TOKEN,
+    Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, Store, StoreError,
+    SubmitLease, Timestamp, FIRST_LEASE_TOKEN,
 };
 
 scenarios!(
@@ -64,6 +65,24 @@ fn successes(leases: &[Lease], output: impl Fn(&Lease) -> String) -> Vec<Finish>
         .collect()
 }
 
+/// At `at`, rescues the one job whose lease has run out and lets `owner`
+/// claim what is ready: that job.
+async fn rescue_then_claim(store: &Arc<dyn Store>, owner: &str, at: Timestamp) -> Vec<Lease> {
+    assert_eq!(
+        store
+            .rescue_expired_leases(at, Timestamp(at.0 + 60_000))
+            .await
+            .expect("rescue"),
+        1
+    );
+    let claimed = store
+        .claim_jobs(owner, at, Timestamp(at.0 + 60_000), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    claimed
+}
+
 fn request_id(n: u8) -> String {
     format!("{:032x}", 0xabc0_0000_u64 + u64::from(n))
 }
@@ -89,18 +108,7 @@ async fn a_stale_lease_cannot_finish_a_job_running_under_a_new_one(b: Backend) {
         .expect("claim a");
     assert_eq!(first.len(), 1);
     let later = Timestamp(now.0 + 1_000);
-    assert_eq!(
-        store
-            .rescue_expired_leases(later, Timestamp(later.0 + 60_000))
-            .await
-            .expect("rescue"),
-        1
-    );
-    let second = store
-        .claim_jobs("worker-b", later, Timestamp(later.0 + 60_000), 10)
-        .await
-        .expect("claim b");
-    assert_eq!(second.len(), 1);
+    let second = rescue_then_claim(store, "worker-b", later).await;
     assert_ne!(first[0].token, second[0].token, "a new lease, a new token");
 
     let finish = |token: i64, output: &str| Finish {
@@ -587,18 +595,7 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
     // The unrenewed lease runs out and the job is rescued like a claimed
     // one; the next claim fences the first lease off.
     let later = Timestamp(now.0 + 1_000);
-    assert_eq!(
-        store
-            .rescue_expired_leases(later, Timestamp(later.0 + 60_000))
-            .await
-            .expect("rescue"),
-        1
-    );
-    let again = store
-        .claim_jobs("w-other", later, Timestamp(later.0 + 60_000), 10)
-        .await
-        .expect("claim again");
-    assert_eq!(again.len(), 1);
+    let again = rescue_then_claim(store, "w-other", later).await;
     assert_eq!(again[0].job.id, short.id);
     assert_eq!(again[0].token, FIRST_LEASE_TOKEN + 1);
     assert_eq!(again[0].job.attempts, 2);
