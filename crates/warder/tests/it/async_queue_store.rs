@@ -420,10 +420,11 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
 }
 
 /// On PostgreSQL the queue wakes other processes' workers once per batch,
-/// and only when there is something to claim: a stored batch that queued
-/// jobs, and a recorded batch of outcomes that freed a capped version's
-/// slot, each send one `NOTIFY`. A batch of jobs leased at submit, a claim,
-/// and outcomes that free no capped slot send none.
+/// and only when there is something to claim: a stored batch that queued a
+/// job (alone or beside jobs leased at submit), and a recorded batch of
+/// outcomes that freed a capped version's slot, each send one `NOTIFY`. A
+/// batch of jobs leased at submit, a claim, and outcomes that free no
+/// capped slot send none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     let Some(b) = Backend::postgres() else {
@@ -471,6 +472,21 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
         r.expect("created");
     }
     assert_eq!(next().await, None, "jobs leased at submit wake nobody");
+
+    let mut mixed = vec![
+        job(&model, &caller, &request_id(80), None),
+        job(&model, &caller, &request_id(81), None),
+    ];
+    mixed[0].lease = leased[0].lease.clone();
+    for r in store.enqueue_jobs(&mixed).await.expect("enqueue mixed") {
+        r.expect("created");
+    }
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "a batch that also queued a job wakes"
+    );
+    assert_eq!(next().await, None, "once per batch");
 
     let now = Timestamp::now();
     let leases = store
