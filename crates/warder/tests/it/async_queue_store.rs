@@ -83,6 +83,22 @@ async fn rescue_then_claim(store: &Arc<dyn Store>, owner: &str, at: Timestamp) -
     claimed
 }
 
+/// `job`, to be stored leased to `owner` until `until`.
+fn leased_to(mut job: NewJob, owner: &str, until: Timestamp) -> NewJob {
+    job.lease = Some(SubmitLease {
+        owner: owner.to_owned(),
+        until,
+    });
+    job
+}
+
+/// Stores `jobs` in one batch, each a new job.
+async fn store_new(store: &Arc<dyn Store>, jobs: &[NewJob]) {
+    for r in store.enqueue_jobs(jobs).await.expect("enqueue") {
+        r.expect("created");
+    }
+}
+
 fn request_id(n: u8) -> String {
     format!("{:032x}", 0xabc0_0000_u64 + u64::from(n))
 }
@@ -376,9 +392,7 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
     for n in 0..2 {
         jobs.push(job(&other, &caller, &request_id(50 + n), None));
     }
-    for r in store.enqueue_jobs(&jobs).await.expect("enqueue") {
-        r.expect("created");
-    }
+    store_new(store, &jobs).await;
     // Two running (the oldest, both of model `queued`), one of them finished.
     let now = Timestamp::now();
     let leases = store
@@ -448,9 +462,7 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     let jobs: Vec<NewJob> = (0..3)
         .map(|n| job(&model, &caller, &request_id(60 + n), None))
         .collect();
-    for r in store.enqueue_jobs(&jobs).await.expect("enqueue") {
-        r.expect("created");
-    }
+    store_new(store, &jobs).await;
     assert_eq!(
         next().await.as_deref(),
         Some("work"),
@@ -458,29 +470,28 @@ async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
     );
     assert_eq!(next().await, None, "once per batch");
 
+    let until = Timestamp(Timestamp::now().0 + 60_000);
     let leased: Vec<NewJob> = (0..2)
         .map(|n| {
-            let mut j = job(&model, &caller, &request_id(70 + n), None);
-            j.lease = Some(SubmitLease {
-                owner: "w-submit".to_owned(),
-                until: Timestamp(Timestamp::now().0 + 60_000),
-            });
-            j
+            leased_to(
+                job(&model, &caller, &request_id(70 + n), None),
+                "w-submit",
+                until,
+            )
         })
         .collect();
-    for r in store.enqueue_jobs(&leased).await.expect("enqueue leased") {
-        r.expect("created");
-    }
+    store_new(store, &leased).await;
     assert_eq!(next().await, None, "jobs leased at submit wake nobody");
 
-    let mut mixed = vec![
-        job(&model, &caller, &request_id(80), None),
+    let mixed = vec![
+        leased_to(
+            job(&model, &caller, &request_id(80), None),
+            "w-submit",
+            until,
+        ),
         job(&model, &caller, &request_id(81), None),
     ];
-    mixed[0].lease = leased[0].lease.clone();
-    for r in store.enqueue_jobs(&mixed).await.expect("enqueue mixed") {
-        r.expect("created");
-    }
+    store_new(store, &mixed).await;
     assert_eq!(
         next().await.as_deref(),
         Some("work"),
@@ -525,29 +536,26 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
     let (app, model, caller) = queue_app(b).await;
     let store = &app.state.store;
     let now = Timestamp::now();
-    let leased = |mut j: NewJob, owner: &str, until: i64| {
-        j.lease = Some(SubmitLease {
-            owner: owner.to_owned(),
-            until: Timestamp(now.0 + until),
-        });
-        j
-    };
-    let a = leased(
+    let a = leased_to(
         job(&model, &caller, &request_id(1), None),
         "w-submit",
-        60_000,
+        Timestamp(now.0 + 60_000),
     );
     let queued = job(&model, &caller, &request_id(2), Some("k"));
     // A replay of `queued`'s key, leased: it answers the first job and
     // leaves it queued and unleased.
-    let replay = leased(
+    let replay = leased_to(
         job(&model, &caller, &request_id(3), Some("k")),
         "w-submit",
-        60_000,
+        Timestamp(now.0 + 60_000),
     );
     // A job leased to the same worker that it never runs (its batch failed
     // as far as the worker could tell): its lease runs out and it is rescued.
-    let short = leased(job(&model, &caller, &request_id(4), None), "w-submit", 50);
+    let short = leased_to(
+        job(&model, &caller, &request_id(4), None),
+        "w-submit",
+        Timestamp(now.0 + 50),
+    );
     let results = store
         .enqueue_jobs(&[a.clone(), queued.clone(), replay, short.clone()])
         .await
