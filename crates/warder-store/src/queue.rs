@@ -189,139 +189,144 @@ fn finished_set(now: usize, retain: usize) -> String {
     )
 }
 
+/// The claim of [`SqlStore::claim`], with `capped` capped versions: one
+/// branch takes the first ready jobs of uncapped versions, one per capped
+/// version its first ready jobs up to its free slots (`$5`, `$7`, … the
+/// version; `$6`, `$8`, … its cap), and the first `$4` of them all in
+/// priority order are claimed.
+fn claim_sql(dialect: Dialect, capped: usize) -> String {
+    let (lock, greatest, least) = match dialect {
+        Dialect::Sqlite => ("", "MAX", "MIN"),
+        Dialect::Postgres => (" FOR UPDATE OF j SKIP LOCKED", "GREATEST", "LEAST"),
+    };
+    let branch = |filter: &str, limit: &str| {
+        format!(
+            "SELECT j.id, j.priority, j.created_at FROM async_jobs j \
+             JOIN model_versions v ON v.id = j.version_id WHERE {READY} AND {filter} \
+             ORDER BY j.priority, j.created_at LIMIT {limit}{lock}"
+        )
+    };
+    let mut ctes = vec![format!(
+        "c0 AS ({})",
+        branch("v.max_concurrency IS NULL", "$4")
+    )];
+    for i in 0..capped {
+        let (version, cap) = (5 + 2 * i, 6 + 2 * i);
+        let free = format!(
+            "(SELECT {greatest}(0, {least}($4, ${cap} - COUNT(*))) FROM async_jobs r \
+             WHERE r.version_id = ${version} AND r.status = 'IN_PROGRESS')"
+        );
+        ctes.push(format!(
+            "c{} AS ({})",
+            i + 1,
+            branch(&format!("j.version_id = ${version}"), &free)
+        ));
+    }
+    let union = (0..=capped)
+        .map(|i| format!("SELECT id, priority, created_at FROM c{i}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let with = format!(
+        "WITH {}, picked AS (SELECT id FROM ({union}) AS c ORDER BY priority, created_at LIMIT $4)",
+        ctes.join(", ")
+    );
+    match dialect {
+        Dialect::Sqlite => format!(
+            "{with} UPDATE async_jobs SET {CLAIM_SET} WHERE id IN (SELECT id FROM picked) \
+             RETURNING {JOB_COLUMNS}"
+        ),
+        Dialect::Postgres => {
+            let columns = JOB_COLUMNS
+                .split(", ")
+                .map(|c| format!("j.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{with} UPDATE async_jobs j SET {CLAIM_SET} FROM picked WHERE j.id = picked.id \
+                 RETURNING {columns}"
+            )
+        }
+    }
+}
+
 impl SqlStore {
-    async fn claim_sqlite(
+    /// Claims up to `limit` ready jobs in priority order, passing over jobs
+    /// of capped versions beyond their free slots, in one statement. Fewer
+    /// than `limit` means no other job is ready now, bar jobs of capped
+    /// versions at their cap: the worker counts that as drained and then
+    /// takes submits directly (`Worker::take_slots`). So the jobs of a full
+    /// capped version must not take the places of ready jobs behind them,
+    /// as they would if the claim took the first `limit` ready jobs and
+    /// then dropped those over a cap.
+    async fn claim(
         &self,
         owner: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Lease>> {
-        // Candidates skip versions already at their cap; the window then
-        // admits, per capped version, only as many as it has free slots.
-        let sql = format!(
-            "WITH cand AS ( \
-               SELECT j.id, j.version_id, j.priority, j.created_at, v.max_concurrency AS cap \
-               FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
-               WHERE {READY} AND (v.max_concurrency IS NULL OR v.max_concurrency > \
-                 (SELECT COUNT(*) FROM async_jobs r WHERE r.version_id = j.version_id AND r.status = 'IN_PROGRESS')) \
-               ORDER BY j.priority, j.created_at LIMIT $4), \
-             ranked AS ( \
-               SELECT id, cap, ROW_NUMBER() OVER (PARTITION BY version_id ORDER BY priority, created_at) AS rn, \
-                 (SELECT COUNT(*) FROM async_jobs r WHERE r.version_id = cand.version_id AND r.status = 'IN_PROGRESS') AS running \
-               FROM cand) \
-             UPDATE async_jobs SET {CLAIM_SET} \
-             WHERE status = 'QUEUED' AND id IN (SELECT id FROM ranked WHERE cap IS NULL OR rn + running <= cap) \
-             RETURNING {JOB_COLUMNS}"
-        );
-        let rows = sqlx::query(&sql)
+        let mut capped = self.capped_with_ready_jobs(now).await?;
+        // Claimers lock versions in one order, so two cannot deadlock.
+        capped.sort();
+        let sql = claim_sql(self.dialect(), capped.len());
+        let mut query = sqlx::query(&sql)
             .bind(owner)
             .bind(lease_until.0)
             .bind(now.0)
-            .bind(i64::from(limit))
-            .fetch_all(self.writer())
-            .await
-            .map_err(map_err)?;
+            .bind(i64::from(limit));
+        for (version, cap) in &capped {
+            query = query.bind(version).bind(*cap);
+        }
+        let rows = if capped.is_empty() || self.dialect() == Dialect::Sqlite {
+            // SQLite runs one statement at a time: no other claimer's can
+            // come between a running count and the claim it limits.
+            query.fetch_all(self.writer()).await.map_err(map_err)?
+        } else {
+            // On PostgreSQL, one claimer per capped version at a time: it
+            // waits for the one ahead (a claim) rather than skip the
+            // version, which could leave its free slots unclaimed until the
+            // next wake-up. The claim's snapshot, taken after the locks,
+            // counts what that one claimed.
+            let mut tx = self.writer().begin().await.map_err(map_err)?;
+            for (version, _) in &capped {
+                sqlx::query(
+                    "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('warder:' || $1))) AS l",
+                )
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+            let rows = query.fetch_all(&mut *tx).await.map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            rows
+        };
         leases(&rows)
     }
 
-    async fn claim_postgres(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: u32,
-    ) -> StoreResult<Vec<Lease>> {
-        let columns = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("j.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let uncapped = format!(
-            "WITH picked AS ( \
-               SELECT j.id FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
-               WHERE {READY} AND v.max_concurrency IS NULL \
-               ORDER BY j.priority, j.created_at LIMIT $4 FOR UPDATE OF j SKIP LOCKED) \
-             UPDATE async_jobs j SET {CLAIM_SET} FROM picked WHERE j.id = picked.id \
-             RETURNING {columns}"
-        );
-        let rows = sqlx::query(&uncapped)
-            .bind(owner)
-            .bind(lease_until.0)
-            .bind(now.0)
-            .bind(i64::from(limit))
-            .fetch_all(self.writer())
-            .await
-            .map_err(map_err)?;
-        let mut out = leases(&rows)?;
-
-        // From the (small) versions table, probing the queued-by-version
-        // index: scanning the ready jobs for their versions cost a pass over
-        // the whole backlog on every claim.
-        let capped = format!(
+    /// Capped versions (id, `max_concurrency`) with a free slot and a ready
+    /// job (64 at most), from the (small) versions table, probing the
+    /// per-version indexes of queued and running jobs: scanning the ready
+    /// jobs for their versions cost a pass over the whole backlog on every
+    /// claim.
+    async fn capped_with_ready_jobs(&self, now: Timestamp) -> StoreResult<Vec<(String, i64)>> {
+        let sql = format!(
             "SELECT v.id AS version_id, v.max_concurrency FROM model_versions v \
-             WHERE v.max_concurrency IS NOT NULL AND EXISTS ( \
-               SELECT 1 FROM async_jobs j WHERE j.version_id = v.id AND {}) \
+             WHERE v.max_concurrency IS NOT NULL \
+               AND v.max_concurrency > (SELECT COUNT(*) FROM async_jobs r \
+                 WHERE r.version_id = v.id AND r.status = 'IN_PROGRESS') \
+               AND EXISTS (SELECT 1 FROM async_jobs j WHERE j.version_id = v.id AND {}) \
              LIMIT 64",
             READY.replace("$3", "$1")
         );
-        let versions = sqlx::query(&capped)
+        let rows = sqlx::query(&sql)
             .bind(now.0)
             .fetch_all(self.writer())
             .await
             .map_err(map_err)?;
-        for v in versions {
-            let left = limit.saturating_sub(out.len() as u32);
-            if left == 0 {
-                break;
-            }
-            let version: String = get(&v, "version_id")?;
-            let cap: i64 = get(&v, "max_concurrency")?;
-            let mut tx = self.writer().begin().await.map_err(map_err)?;
-            // One claimer per capped version at a time: the running count
-            // and the claim below cannot interleave with another worker's.
-            // A claimer waits for the one ahead (a count and a claim): one
-            // that skipped the version instead could go back to sleep with
-            // slots of it free, until the next wake-up.
-            sqlx::query(
-                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('warder:' || $1))) AS l",
-            )
-            .bind(&version)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            let running: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM async_jobs WHERE version_id = $1 AND status = 'IN_PROGRESS'",
-            )
-            .bind(&version)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            let free = (cap - running).clamp(0, i64::from(left));
-            if free == 0 {
-                continue;
-            }
-            let sql = format!(
-                "WITH picked AS ( \
-                   SELECT j.id FROM async_jobs j JOIN model_versions v ON v.id = j.version_id \
-                   WHERE {READY} AND j.version_id = $5 \
-                   ORDER BY j.priority, j.created_at LIMIT $4 FOR UPDATE OF j SKIP LOCKED) \
-                 UPDATE async_jobs j SET {CLAIM_SET} FROM picked WHERE j.id = picked.id \
-                 RETURNING {columns}"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(owner)
-                .bind(lease_until.0)
-                .bind(now.0)
-                .bind(free)
-                .bind(&version)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            tx.commit().await.map_err(map_err)?;
-            out.extend(leases(&rows)?);
-        }
-        Ok(out)
+        rows.iter()
+            .map(|v| Ok((get(v, "version_id")?, get(v, "max_concurrency")?)))
+            .collect()
     }
 
     /// Inserts `jobs` in one statement, skipping those that collide with a
@@ -765,10 +770,7 @@ impl JobQueue for SqlStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        match self.dialect() {
-            Dialect::Sqlite => self.claim_sqlite(owner, now, lease_until, limit).await,
-            Dialect::Postgres => self.claim_postgres(owner, now, lease_until, limit).await,
-        }
+        self.claim(owner, now, lease_until, limit).await
     }
 
     async fn heartbeat(

@@ -2,7 +2,8 @@
 //! worker whose lease was rescued and handed to another, while the job is
 //! running again; a batch of submits is stored in one group commit with the
 //! same idempotency answers as one-by-one submits; a job leased at submit is
-//! stored as a claim would leave it. The in-process worker is off, so only
+//! stored as a claim would leave it; a claim takes ready jobs in priority
+//! order, passing over those of a full capped version. The in-process worker is off, so only
 //! the test claims.
 
 use crate::helpers::*;
@@ -21,6 +22,7 @@ scenarios!(
     batches_of_any_size_write_exactly_their_own_jobs,
     queue_depth_is_counted_per_model_and_status,
     a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it,
+    a_claim_passes_over_a_full_capped_version_in_priority_order,
 );
 
 async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
@@ -631,4 +633,65 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
             .expect("finish stale"),
         vec![false]
     );
+}
+
+/// A claim that returns fewer jobs than asked tells the worker the queue is
+/// drained (and that it may take submits directly): so the queued jobs of a
+/// capped version with no free slot must not take the places of ready jobs
+/// behind them. Each claim takes the oldest ready jobs, a capped version's
+/// only up to its free slots.
+async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend) {
+    let (app, uncapped, _) = queue_app(b).await;
+    let capped = app
+        .register(
+            "capped",
+            "http://127.0.0.1:9/",
+            json!({"max_concurrency": 1}),
+        )
+        .await;
+    let caller = app.caller("both", &["queued", "capped"], None).await;
+    let store = &app.state.store;
+    let now = Timestamp::now();
+    let aged = |model: &Registered, n: u8, age_ms: i64| {
+        let mut j = job(model, &caller, &request_id(n), None);
+        j.created_at = Timestamp(now.0 - age_ms);
+        j
+    };
+    // The capped version's jobs are the oldest.
+    let old: Vec<NewJob> = (1..=4)
+        .map(|n| aged(&capped, n, 5_000 - i64::from(n)))
+        .collect();
+    let young: Vec<NewJob> = (5..=7)
+        .map(|n| aged(&uncapped, n, 1_000 - i64::from(n)))
+        .collect();
+    store_new(store, &[old.clone(), young.clone()].concat()).await;
+    let until = Timestamp(now.0 + 60_000);
+    let claim = |limit: u32| async move {
+        let mut leases = store
+            .claim_jobs("w-one", now, until, limit)
+            .await
+            .expect("claim");
+        leases.sort_by(|a, b| a.job.created_at.cmp(&b.job.created_at));
+        leases
+    };
+    let ids = |leases: &[Lease]| leases.iter().map(|l| l.job.id.clone()).collect::<Vec<_>>();
+
+    // The oldest capped job, then the uncapped ones take the other places.
+    let first = claim(3).await;
+    assert_eq!(
+        ids(&first),
+        vec![old[0].id.clone(), young[0].id.clone(), young[1].id.clone()]
+    );
+    // The capped version is full: the last uncapped job alone, a short claim.
+    assert_eq!(ids(&claim(3).await), vec![young[2].id.clone()]);
+    assert!(claim(3).await.is_empty());
+
+    // Its job done, the capped version's next one is claimed.
+    let mut done = successes(&first[..1], |_| "1".to_owned());
+    done[0].capped = true;
+    assert_eq!(
+        store.finish_jobs(&done, now, until).await.expect("finish"),
+        vec![true]
+    );
+    assert_eq!(ids(&claim(3).await), vec![old[1].id.clone()]);
 }
