@@ -671,7 +671,7 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
             .claim_jobs("w-one", now, until, limit)
             .await
             .expect("claim");
-        leases.sort_by(|a, b| a.job.created_at.cmp(&b.job.created_at));
+        leases.sort_by_key(|l| l.job.created_at);
         leases
     };
     let ids = |leases: &[Lease]| leases.iter().map(|l| l.job.id.clone()).collect::<Vec<_>>();
