@@ -140,6 +140,22 @@ impl SqlStore {
                         Ok(())
                     })
                 });
+            } else {
+                // A prepared statement's generic plan is chosen once, for
+                // the tables as they were then, and kept until the next
+                // ANALYZE of them (never, on a server with autovacuum off).
+                // The job table grows from nothing to hundreds of thousands
+                // of rows within minutes: a batch of outcomes under a plan
+                // made while it was small took two to three times as long
+                // per job as under a plan made for each run (`bench/`,
+                // PostgreSQL 15, `pg_stat_statements`).
+                pool = pool.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("SET plan_cache_mode = force_custom_plan")
+                            .await?;
+                        Ok(())
+                    })
+                });
             }
             pool
         };

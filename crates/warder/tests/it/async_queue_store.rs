@@ -695,3 +695,33 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
     );
     assert_eq!(ids(&claim(3).await), vec![old[1].id.clone()]);
 }
+
+/// On PostgreSQL each connection of the store plans every run of a
+/// statement for the tables as they are: a generic plan chosen while the job
+/// table was small is kept as the table grows (`bench/` measured a batch of
+/// outcomes under it at two to three times the time per job).
+#[tokio::test]
+async fn postgres_connections_plan_statements_for_the_tables_as_they_are() {
+    let Some(b) = Backend::postgres() else {
+        return;
+    };
+    let (app, _, _) = queue_app(b).await;
+    let store = warder_store::SqlStore::connect(warder_store::StoreOptions {
+        url: app.state.config.effective_database_url(),
+        max_connections: 3,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .expect("connect");
+    // Three connections at once, so each is a separate one of the pool.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = store.pool().acquire().await.expect("acquire");
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("show");
+        assert_eq!(mode, "force_custom_plan");
+        held.push(conn);
+    }
+}
