@@ -697,9 +697,10 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
 }
 
 /// On PostgreSQL each connection of the store plans every run of a
-/// statement for the tables as they are: a generic plan chosen while the job
-/// table was small is kept as the table grows (`bench/` measured a batch of
-/// outcomes under it at two to three times the time per job).
+/// statement for the tables as they are: the generic plan of a batch of
+/// outcomes, chosen while the job table was nearly empty, walks the index of
+/// running jobs instead of looking its jobs up by id, and is kept as that
+/// index grows.
 #[tokio::test]
 async fn postgres_connections_plan_statements_for_the_tables_as_they_are() {
     let Some(b) = Backend::postgres() else {
