@@ -140,24 +140,6 @@ impl SqlStore {
                         Ok(())
                     })
                 });
-            } else {
-                // A prepared statement's generic plan is chosen once, for
-                // the tables as they were then, and kept until the next
-                // ANALYZE of them (never, on a server with autovacuum off).
-                // Made while the job table was nearly empty, the plan of a
-                // batch of outcomes walks the index of running jobs (every
-                // running job of every worker, and the entries of finished
-                // ones until they are pruned) instead of looking up its
-                // jobs by id: one such statement took 6.9 ms after 50 000
-                // jobs had finished, against 0.08 ms by id (PostgreSQL 15).
-                // Planning each run costs a fraction of a millisecond.
-                pool = pool.after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute("SET plan_cache_mode = force_custom_plan")
-                            .await?;
-                        Ok(())
-                    })
-                });
             }
             pool
         };

@@ -638,91 +638,173 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
 /// A claim that returns fewer jobs than asked tells the worker the queue is
 /// drained (and that it may take submits directly): so the queued jobs of a
 /// capped version with no free slot must not take the places of ready jobs
-/// behind them. Each claim takes the oldest ready jobs, a capped version's
-/// only up to its free slots.
+/// behind them. Each claim takes the ready jobs in priority-then-age order,
+/// each capped version's only up to its free slots: its cap less its
+/// running jobs.
 async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend) {
     let (app, uncapped, _) = queue_app(b).await;
-    let capped = app
-        .register(
-            "capped",
-            "http://127.0.0.1:9/",
-            json!({"max_concurrency": 1}),
-        )
+    let two = app
+        .register("two", "http://127.0.0.1:9/", json!({"max_concurrency": 2}))
         .await;
-    let caller = app.caller("both", &["queued", "capped"], None).await;
+    let one = app
+        .register("one", "http://127.0.0.1:9/", json!({"max_concurrency": 1}))
+        .await;
+    let caller = app.caller("all", &["queued", "two", "one"], None).await;
     let store = &app.state.store;
     let now = Timestamp::now();
-    let aged = |model: &Registered, n: u8, age_ms: i64| {
+    let until = Timestamp(now.0 + 60_000);
+    let aged = |model: &Registered, n: u8, age_ms: i64, priority: u8| {
         let mut j = job(model, &caller, &request_id(n), None);
         j.created_at = Timestamp(now.0 - age_ms);
+        j.priority = priority;
         j
     };
-    // The capped version's jobs are the oldest.
-    let old: Vec<NewJob> = (1..=4)
-        .map(|n| aged(&capped, n, 5_000 - i64::from(n)))
+    // Oldest first: the capped versions' jobs, then the uncapped ones, and
+    // the youngest of all with the first priority. `two` already runs one.
+    let running = leased_to(aged(&two, 1, 9_000, 1), "w-other", until);
+    let twos: Vec<NewJob> = (2..=5)
+        .map(|n| aged(&two, n, 8_000 - i64::from(n), 1))
         .collect();
-    let young: Vec<NewJob> = (5..=7)
-        .map(|n| aged(&uncapped, n, 1_000 - i64::from(n)))
+    let ones: Vec<NewJob> = (6..=7)
+        .map(|n| aged(&one, n, 7_000 - i64::from(n), 1))
         .collect();
-    store_new(store, &[old.clone(), young.clone()].concat()).await;
-    let until = Timestamp(now.0 + 60_000);
+    let later: Vec<NewJob> = (8..=10)
+        .map(|n| aged(&uncapped, n, 5_000 - i64::from(n), 1))
+        .collect();
+    let urgent = aged(&uncapped, 11, 1_000, 0);
+    store_new(
+        store,
+        &[
+            vec![running],
+            twos.clone(),
+            ones.clone(),
+            later.clone(),
+            vec![urgent.clone()],
+        ]
+        .concat(),
+    )
+    .await;
     let claim = |limit: u32| async move {
         let mut leases = store
             .claim_jobs("w-one", now, until, limit)
             .await
             .expect("claim");
-        leases.sort_by_key(|l| l.job.created_at);
+        leases.sort_by_key(|l| (l.job.priority, l.job.created_at));
         leases
     };
     let ids = |leases: &[Lease]| leases.iter().map(|l| l.job.id.clone()).collect::<Vec<_>>();
+    let of = |jobs: &[&NewJob]| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
 
-    // The oldest capped job, then the uncapped ones take the other places.
-    let first = claim(3).await;
-    assert_eq!(
-        ids(&first),
-        vec![old[0].id.clone(), young[0].id.clone(), young[1].id.clone()]
-    );
-    // The capped version is full: the last uncapped job alone, a short claim.
-    assert_eq!(ids(&claim(3).await), vec![young[2].id.clone()]);
-    assert!(claim(3).await.is_empty());
+    // The first priority, then by age: one of `two` (its one free slot),
+    // one of `one`, and the oldest uncapped job takes the fourth place.
+    let first = claim(4).await;
+    assert_eq!(ids(&first), of(&[&urgent, &twos[0], &ones[0], &later[0]]));
+    // Both capped versions are full: the rest of the uncapped jobs alone.
+    assert_eq!(ids(&claim(4).await), of(&[&later[1], &later[2]]));
+    assert!(claim(4).await.is_empty());
 
-    // Its job done, the capped version's next one is claimed.
-    let mut done = successes(&first[..1], |_| "1".to_owned());
+    // A slot of `two` freed, its next job is claimed.
+    let mut done = successes(&first[1..2], |_| "1".to_owned());
     done[0].capped = true;
     assert_eq!(
         store.finish_jobs(&done, now, until).await.expect("finish"),
         vec![true]
     );
-    assert_eq!(ids(&claim(3).await), vec![old[1].id.clone()]);
+    assert_eq!(ids(&claim(4).await), of(&[&twos[1]]));
 }
 
-/// On PostgreSQL each connection of the store plans every run of a
-/// statement for the tables as they are: the generic plan of a batch of
-/// outcomes, chosen while the job table was nearly empty, walks the index of
-/// running jobs instead of looking its jobs up by id, and is kept as that
-/// index grows.
+/// On PostgreSQL a batch of outcomes looks its jobs up by id however the
+/// job table has grown: a prepared statement's generic plan, chosen while
+/// the table was nearly empty, walked the index of running jobs instead (and
+/// was kept as the table grew). One connection runs every statement, so a
+/// prepared statement would be reused; the index scans are counted by the
+/// server.
 #[tokio::test]
-async fn postgres_connections_plan_statements_for_the_tables_as_they_are() {
+async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     let Some(b) = Backend::postgres() else {
         return;
     };
-    let (app, _, _) = queue_app(b).await;
-    let store = warder_store::SqlStore::connect(warder_store::StoreOptions {
-        url: app.state.config.effective_database_url(),
-        max_connections: 3,
-        acquire_timeout: std::time::Duration::from_secs(5),
-    })
-    .await
-    .expect("connect");
-    // Three connections at once, so each is a separate one of the pool.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut conn = store.pool().acquire().await.expect("acquire");
-        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("show");
-        assert_eq!(mode, "force_custom_plan");
-        held.push(conn);
+    let (app, model, caller) = queue_app(b).await;
+    let sql = Arc::new(
+        warder_store::SqlStore::connect(warder_store::StoreOptions {
+            url: app.state.config.effective_database_url(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("connect"),
+    );
+    let store: Arc<dyn Store> = sql.clone();
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|n| job(&model, &caller, &request_id(100 + n), None))
+        .collect();
+    store_new(&store, &jobs).await;
+    let now = Timestamp::now();
+    let until = Timestamp(now.0 + 60_000);
+    let leases = store
+        .claim_jobs("w-one", now, until, 20)
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), 20);
+    let finish = |lease: &Lease| {
+        let done = successes(std::slice::from_ref(lease), |_| "1".to_owned());
+        let store = store.clone();
+        async move {
+            assert_eq!(
+                store.finish_jobs(&done, now, until).await.expect("finish"),
+                vec![true]
+            );
+        }
+    };
+    // Beyond the five runs after which PostgreSQL may keep a generic plan.
+    for lease in &leases[..7] {
+        finish(lease).await;
     }
+    // The table grows by many finished jobs.
+    sqlx::query(
+        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, \
+         webhook_status, priority, input, errors, attempts, max_attempts, initial_delay_ms, \
+         max_delay_ms, created_at, queue_deadline, run_after, lease_token, cancel_requested, \
+         webhook_attempts) \
+         SELECT 'grown-' || i, $1, $2, $3, $4, 'SUCCEEDED', 'NONE', 1, '{}', '[]', 1, 1, 0, 0, \
+         i, i, i, 1, 0, 0 FROM generate_series(1, 100000) AS i",
+    )
+    .bind(&caller.user_id)
+    .bind(&caller.key_id)
+    .bind(&model.model_id)
+    .bind(&model.version_id)
+    .execute(sql.pool())
+    .await
+    .expect("grow");
+
+    let before = index_scans(&sql).await;
+    for lease in &leases[7..] {
+        finish(lease).await;
+    }
+    let after = index_scans(&sql).await;
+    assert_eq!(after.1, before.1, "no scan of the running-jobs index");
+    assert!(
+        after.0 >= before.0 + 13,
+        "{before:?} → {after:?}: one lookup by id per job"
+    );
+}
+
+/// Scans so far of the job table's primary key and of its index of running
+/// jobs, as the server counts them, after the store's one connection has
+/// reported its own.
+async fn index_scans(sql: &warder_store::SqlStore) -> (i64, i64) {
+    sqlx::query("SELECT 1 FROM (SELECT pg_stat_force_next_flush()) AS f")
+        .execute(sql.pool())
+        .await
+        .expect("flush");
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_pkey'), 0) AS BIGINT) AS pkey, \
+         CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_running'), 0) AS BIGINT) AS running \
+         FROM pg_stat_user_indexes WHERE relname = 'async_jobs'",
+    )
+    .fetch_one(sql.pool())
+    .await
+    .expect("index scans");
+    use sqlx::Row;
+    (row.get("pkey"), row.get("running"))
 }
