@@ -682,7 +682,11 @@ impl SqlStore {
                 args![item.id.clone(), item.token, errors, run_after.0],
             ),
         };
+        // Planned for each run on PostgreSQL, like `finish_succeeded`: the
+        // generic plan of this one walked the running jobs' index as well
+        // (10.8 ms for one statement after 50 000 jobs had finished).
         let done = sqlx::query_with(&sql, args)
+            .persistent(self.dialect() == Dialect::Sqlite)
             .execute(conn)
             .await
             .map_err(map_err)?;

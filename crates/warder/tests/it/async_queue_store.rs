@@ -713,12 +713,12 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
     assert_eq!(ids(&claim(4).await), of(&[&twos[1]]));
 }
 
-/// On PostgreSQL a batch of outcomes looks its jobs up by id however the
-/// job table has grown: a prepared statement's generic plan, chosen while
-/// the table was nearly empty, walked the index of running jobs instead (and
-/// was kept as the table grew). One connection runs every statement, so a
-/// prepared statement would be reused; the index scans are counted by the
-/// server.
+/// On PostgreSQL outcomes look their jobs up by id however the job table
+/// has grown: a prepared statement's generic plan, chosen while the table
+/// was nearly empty, walked the index of running jobs instead (and was kept
+/// as the table grew), for a batch of successes and for a single failure
+/// alike. One connection runs every statement, so a prepared statement
+/// would be reused; the index scans are counted by the server.
 #[tokio::test]
 async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     let Some(b) = Backend::postgres() else {
@@ -735,30 +735,37 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
         .expect("connect"),
     );
     let store: Arc<dyn Store> = sql.clone();
-    let jobs: Vec<NewJob> = (0..20)
+    let jobs: Vec<NewJob> = (0..40)
         .map(|n| job(&model, &caller, &request_id(100 + n), None))
         .collect();
     store_new(&store, &jobs).await;
     let now = Timestamp::now();
     let until = Timestamp(now.0 + 60_000);
     let leases = store
-        .claim_jobs("w-one", now, until, 20)
+        .claim_jobs("w-one", now, until, 40)
         .await
         .expect("claim");
-    assert_eq!(leases.len(), 20);
-    let finish = |lease: &Lease| {
-        let done = successes(std::slice::from_ref(lease), |_| "1".to_owned());
+    assert_eq!(leases.len(), 40);
+    // A success and a failure, each a statement of its own.
+    let finish = |pair: &[Lease]| {
+        let mut done = successes(pair, |_| "1".to_owned());
+        done[1].outcome = Outcome::Failed;
         let store = store.clone();
         async move {
-            assert_eq!(
-                store.finish_jobs(&done, now, until).await.expect("finish"),
-                vec![true]
-            );
+            for item in done {
+                assert_eq!(
+                    store
+                        .finish_jobs(std::slice::from_ref(&item), now, until)
+                        .await
+                        .expect("finish"),
+                    vec![true]
+                );
+            }
         }
     };
     // Beyond the five runs after which PostgreSQL may keep a generic plan.
-    for lease in &leases[..7] {
-        finish(lease).await;
+    for pair in leases[..14].chunks(2) {
+        finish(pair).await;
     }
     // The table grows by many finished jobs.
     sqlx::query(
@@ -778,13 +785,13 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     .expect("grow");
 
     let before = index_scans(&sql).await;
-    for lease in &leases[7..] {
-        finish(lease).await;
+    for pair in leases[14..].chunks(2) {
+        finish(pair).await;
     }
     let after = index_scans(&sql).await;
     assert_eq!(after.1, before.1, "no scan of the running-jobs index");
     assert!(
-        after.0 >= before.0 + 13,
+        after.0 >= before.0 + 26,
         "{before:?} → {after:?}: one lookup by id per job"
     );
 }
