@@ -18,7 +18,10 @@ use crate::sql::{map_err, Dialect, SqlStore};
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt::Write;
+use std::sync::OnceLock;
 use warder_core::*;
 
 /// Columns of `async_jobs` in the order `job_row` reads them.
@@ -160,7 +163,7 @@ async fn returned_ids(
 fn rows_per_statement(dialect: Dialect) -> usize {
     match dialect {
         Dialect::Sqlite => 16,
-        Dialect::Postgres => 256,
+        Dialect::Postgres => MAX_ROWS,
     }
 }
 
@@ -184,6 +187,87 @@ fn padded_rows(dialect: Dialect, n: usize) -> usize {
         Dialect::Sqlite => n,
         Dialect::Postgres => SIZES.iter().copied().find(|&s| s >= n).unwrap_or(n),
     }
+}
+
+/// Statement texts that depend only on a row count, made once per count
+/// (up to [`MAX_ROWS`]; a larger count is made each time). Formatting the
+/// `$N` placeholders of every batch anew cost about 7 800 instructions per
+/// async job on PostgreSQL (callgrind, `bench/` async scenario), more than
+/// a twentieth of warder's own work per job.
+struct TextsByRows([OnceLock<String>; MAX_ROWS + 1]);
+
+/// The most rows a multi-row statement carries (see [`rows_per_statement`]).
+const MAX_ROWS: usize = 256;
+
+impl TextsByRows {
+    const fn new() -> TextsByRows {
+        TextsByRows([const { OnceLock::new() }; MAX_ROWS + 1])
+    }
+
+    fn get(&self, rows: usize, make: fn(usize) -> String) -> Cow<'_, str> {
+        match self.0.get(rows) {
+            Some(text) => Cow::Borrowed(text.get_or_init(|| make(rows))),
+            None => Cow::Owned(make(rows)),
+        }
+    }
+}
+
+/// The insert of `rows` jobs ([`SqlStore::insert_jobs`] binds 21 values per
+/// row, in this order).
+fn insert_sql(rows: usize) -> String {
+    const COLUMNS: usize = 21;
+    let mut sql = String::from(
+        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
+         webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
+         max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
+         lease_owner, lease_token, lease_expires_at, cancel_requested, webhook_attempts) VALUES ",
+    );
+    for n in 0..rows {
+        let p = |i: usize| n * COLUMNS + i;
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        let _ =
+            write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, NULL, '[]', ${}, ${}, ${}, ${}, \
+             ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, 0)",
+            p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13),
+            p(14), p(15), p(16), p(17), p(16), p(18), p(19), p(20), p(21)
+        );
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
+}
+
+/// The update recording `rows` successes: `$1` now, `$2` the retention
+/// deadline, then id, lease token, output and errors per row.
+fn finish_succeeded_sql(rows: usize) -> String {
+    let mut values = String::new();
+    for n in 0..rows {
+        let p = 3 + n * 4;
+        if n > 0 {
+            values.push_str(", ");
+        }
+        let _ = write!(
+            values,
+            "(${}, CAST(${} AS BIGINT), ${}, ${})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3
+        );
+    }
+    // `columnN` names the VALUES columns in both dialects; the `f_` names
+    // keep `RETURNING id` unambiguous.
+    format!(
+        "UPDATE async_jobs SET status = 'SUCCEEDED', output = v.f_output, errors = v.f_errors, {} \
+         FROM (SELECT column1 AS f_id, column2 AS f_token, column3 AS f_output, column4 AS f_errors \
+               FROM (VALUES {values}) AS vals) AS v \
+         WHERE id = v.f_id AND lease_token = v.f_token AND status = 'IN_PROGRESS' \
+         RETURNING id",
+        finished_set(1, 2)
+    )
 }
 
 fn finished_set(now: usize, retain: usize) -> String {
@@ -371,13 +455,9 @@ impl SqlStore {
         jobs: &[&NewJob],
         rows: usize,
     ) -> StoreResult<Vec<bool>> {
-        const COLUMNS: usize = 21;
-        let mut sql = String::from(
-            "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
-             webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
-             max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
-             lease_owner, lease_token, lease_expires_at, cancel_requested, webhook_attempts) VALUES ",
-        );
+        static TEXTS: TextsByRows = TextsByRows::new();
+        let rows = rows.max(jobs.len());
+        let sql = TEXTS.get(rows, insert_sql);
         let mut args = sqlx::any::AnyArguments::default();
         macro_rules! bind {
             ($($v:expr),* $(,)?) => {
@@ -386,22 +466,7 @@ impl SqlStore {
             };
         }
         let first = jobs.iter().take(1).cycle();
-        for (n, job) in jobs
-            .iter()
-            .chain(first)
-            .take(rows.max(jobs.len()))
-            .enumerate()
-        {
-            let p = |i: usize| n * COLUMNS + i;
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, NULL, '[]', ${}, ${}, ${}, ${}, \
-                 ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, 0)",
-                p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13),
-                p(14), p(15), p(16), p(17), p(16), p(18), p(19), p(20), p(21)
-            ));
+        for job in jobs.iter().chain(first).take(rows) {
             let webhook_status = if job.webhook_url.is_some() {
                 WebhookStatus::Pending
             } else {
@@ -443,7 +508,6 @@ impl SqlStore {
                 lease_until,
             );
         }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
         returned_ids(conn, &sql, args, jobs.iter().map(|j| j.id.as_str()), true).await
     }
 
@@ -484,23 +548,13 @@ impl SqlStore {
         ] {
             r.map_err(|e| StoreError::Other(e.to_string()))?;
         }
-        let mut values = String::new();
-        for (n, &i) in chunk.iter().enumerate() {
+        let mut rows = 0;
+        for &i in chunk {
             let item = &items[i];
             let Outcome::Succeeded(output) = &item.outcome else {
                 continue;
             };
-            let p = 3 + n * 4;
-            if n > 0 {
-                values.push_str(", ");
-            }
-            values.push_str(&format!(
-                "(${}, CAST(${} AS BIGINT), ${}, ${})",
-                p,
-                p + 1,
-                p + 2,
-                p + 3
-            ));
+            rows += 1;
             for r in [
                 sqlx::Arguments::add(&mut args, item.id.clone()),
                 sqlx::Arguments::add(&mut args, item.token),
@@ -510,16 +564,8 @@ impl SqlStore {
                 r.map_err(|e| StoreError::Other(e.to_string()))?;
             }
         }
-        // `columnN` names the VALUES columns in both dialects; the `f_`
-        // names keep `RETURNING id` unambiguous.
-        let sql = format!(
-            "UPDATE async_jobs SET status = 'SUCCEEDED', output = v.f_output, errors = v.f_errors, {} \
-             FROM (SELECT column1 AS f_id, column2 AS f_token, column3 AS f_output, column4 AS f_errors \
-                   FROM (VALUES {values}) AS vals) AS v \
-             WHERE id = v.f_id AND lease_token = v.f_token AND status = 'IN_PROGRESS' \
-             RETURNING id",
-            finished_set(1, 2)
-        );
+        static TEXTS: TextsByRows = TextsByRows::new();
+        let sql = TEXTS.get(rows, finish_succeeded_sql);
         // On PostgreSQL planned for each run, never prepared: it chooses a
         // prepared statement's generic plan once, for the tables as they
         // were, and keeps it until they are analyzed again (never, with

@@ -17,10 +17,12 @@
 
 /// One well-formed JSON value, with optional whitespace around it, in UTF-8.
 pub(crate) fn is_json_value(bytes: &[u8]) -> bool {
-    // UTF-8 first: std's check is a fraction of the walk, and after it a
-    // string's bytes at or above 0x80 can be skipped unseen (no structural
-    // byte occurs inside a multi-byte sequence).
-    std::str::from_utf8(bytes).is_ok() && walk(bytes).is_some()
+    // UTF-8 is checked string by string, and only for strings that hold a
+    // byte at or above 0x80: outside strings the grammar refuses such bytes,
+    // and no ASCII byte (a quote) occurs inside a multi-byte sequence, so
+    // the document is UTF-8 exactly when each of those strings is. Model
+    // inputs and outputs are mostly ASCII: most need no UTF-8 pass at all.
+    walk(bytes).is_some()
 }
 
 /// The containers open around the current value, innermost first: one bit
@@ -209,22 +211,33 @@ pub(crate) fn is_plain_string(text: &str) -> bool {
 }
 
 /// A string from its opening quote; returns the index after the closing one.
+/// Its text must be UTF-8 (see [`is_json_value`]).
 #[inline(always)]
 fn string(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
+    let start = i;
+    // The bytes seen, OR-ed: a high bit set means a byte at or above 0x80.
+    let mut seen = 0u64;
     loop {
         // Eight bytes at a time up to the first quote, backslash or control
-        // character.
+        // character (bytes at or above 0x80 are none of these).
         while let Some(chunk) = b.get(i..i + 8) {
-            let special = specials(word_at(chunk));
+            let word = word_at(chunk);
+            seen |= word;
+            let special = specials(word);
             if special != 0 {
                 i += (special.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
         }
-        match *b.get(i)? {
-            b'"' => return Some(i + 1),
+        let c = *b.get(i)?;
+        seen |= u64::from(c);
+        match c {
+            b'"' => {
+                let ascii = seen & HIGHS == 0;
+                return (ascii || std::str::from_utf8(&b[start..i]).is_ok()).then_some(i + 1);
+            }
             b'\\' => {
                 i += 1;
                 match *b.get(i)? {
@@ -319,6 +332,8 @@ mod tests {
             b"{\"a\":\"\xff\"}",
             b"\"\xc3\"",
             b"\"\xed\xa0\x80\"",
+            b"[\"eight bytes or more, then \xe9 alone in a long string\"]",
+            b"{\"k\":\"ok\",\"\xc3\xa9 then a cut \xe2\x82 sequence\":1}",
         ];
         for doc in bad {
             assert!(!is_json_value(doc), "{:?}", String::from_utf8_lossy(doc));

@@ -19,23 +19,63 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use std::sync::Arc;
 
+/// The three async submit routes. The axum router and [`crate::http::hot`]
+/// both take their paths and selectors from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubmitRoute {
+    Model,
+    Environment,
+    Version,
+}
+
+impl SubmitRoute {
+    pub(crate) const ALL: [SubmitRoute; 3] = [
+        SubmitRoute::Model,
+        SubmitRoute::Environment,
+        SubmitRoute::Version,
+    ];
+
+    /// The route's path pattern (also its `route` label).
+    pub(crate) const fn path(self) -> &'static str {
+        match self {
+            SubmitRoute::Model => "/models/{model}/async_predict",
+            SubmitRoute::Environment => "/models/{model}/environments/{env}/async_predict",
+            SubmitRoute::Version => "/model_versions/{version_id}/async_predict",
+        }
+    }
+
+    /// What to queue for, from the route's path parameters by name.
+    pub(crate) fn selector<'a>(self, param: impl Fn(&str) -> Option<&'a str>) -> Selector {
+        let get = |name: &str| param(name).unwrap_or_default().to_owned();
+        match self {
+            SubmitRoute::Model => Selector::Environment {
+                model: get("model"),
+                env: "production".to_owned(),
+            },
+            SubmitRoute::Environment => Selector::Environment {
+                model: get("model"),
+                env: get("env"),
+            },
+            SubmitRoute::Version => Selector::Version {
+                version: get("version_id"),
+            },
+        }
+    }
+}
+
 /// The async routes (authentication is added by the caller).
 pub fn routes() -> Router<SharedState> {
     Router::new()
-        .route("/models/{model}/async_predict", post(model_async))
-        .route(
-            "/models/{model}/environments/{env}/async_predict",
-            post(env_async),
-        )
-        .route(
-            "/model_versions/{version_id}/async_predict",
-            post(version_async),
-        )
+        .route(SubmitRoute::Model.path(), post(model_async))
+        .route(SubmitRoute::Environment.path(), post(env_async))
+        .route(SubmitRoute::Version.path(), post(version_async))
         .route("/async_request/{request_id}", get(status).delete(cancel))
         .route("/models/{model}/async_queue_status", get(queue_status))
 }
 
-async fn submit(
+/// Queues one request for an authenticated caller (both dispatch paths end
+/// here); the [`RequestFacts`] for the access line ride on the response.
+pub(crate) async fn submit(
     state: SharedState,
     principal: Arc<Principal>,
     trace: TraceContext,

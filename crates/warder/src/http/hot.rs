@@ -1,17 +1,22 @@
-//! The public listener's service: the sync predict routes first, then the
-//! axum router for everything else.
+//! The public listener's service: the sync predict and async submit routes
+//! first, then the axum router for everything else.
 //!
 //! Why by hand: on the predict path, axum's router cost about a sixth of
 //! warder's CPU per request (`bench/`, perf): owned path parameters, request
 //! extensions, and for each layer a boxed clone of the inner service and a
-//! boxed future. Here the six predict routes are matched with `matchit`
-//! (the matcher axum itself uses) and run the very functions the layered
-//! router runs — [`RequestScope`], [`principal`], [`predict::call`] — so
-//! both paths answer alike. A request this does not take (another method, a
-//! percent-encoded path, any other route) goes to the router, which declares
-//! the same predict routes for those cases, for `405` and for OpenAPI.
+//! boxed future. Here the six predict routes and the three async submit
+//! routes are matched with `matchit` (the matcher axum itself uses) and run
+//! the very functions the layered router runs — [`RequestScope`],
+//! [`principal`], [`predict::call`], [`async_predict::submit`] — so both
+//! paths answer alike. (Through the router, an async submit cost about
+//! 14 000 more instructions, an eighth of warder's work per job on
+//! PostgreSQL: callgrind, `bench/`.) A request this does not take (another
+//! method, a percent-encoded path, any other route) goes to the router,
+//! which declares the same routes for those cases, for `405` and for
+//! OpenAPI.
 
 use crate::catalog::Selector;
+use crate::http::async_predict::{self, SubmitRoute};
 use crate::http::middleware::{principal, RequestScope};
 use crate::http::predict::{self, PredictRoute};
 use crate::state::SharedState;
@@ -27,19 +32,39 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
-/// A predict route with its `route` label resolved once.
+/// A route the fast path takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HotRoute {
+    Predict(PredictRoute),
+    Submit(SubmitRoute),
+}
+
+impl HotRoute {
+    fn path(self) -> &'static str {
+        match self {
+            HotRoute::Predict(r) => r.path(),
+            HotRoute::Submit(r) => r.path(),
+        }
+    }
+}
+
+/// A fast-path route with its `route` label resolved once.
 struct Hot {
-    route: PredictRoute,
+    route: HotRoute,
     label: Label,
 }
 
-/// The six predict routes, matched as the router would.
+/// The predict and async submit routes, matched as the router would.
 struct HotRoutes(matchit::Router<Hot>);
 
 impl HotRoutes {
     fn new(label: impl Fn(&str) -> Label) -> HotRoutes {
         let mut hot = matchit::Router::new();
-        for route in PredictRoute::ALL {
+        let routes = PredictRoute::ALL
+            .into_iter()
+            .map(HotRoute::Predict)
+            .chain(SubmitRoute::ALL.into_iter().map(HotRoute::Submit));
+        for route in routes {
             // The patterns are constants, distinct and well formed.
             let inserted = hot.insert(
                 route.path(),
@@ -64,7 +89,11 @@ impl HotRoutes {
             return None;
         }
         let found = self.0.at(path).ok()?;
-        let selector = found.value.route.selector(|name| found.params.get(name));
+        let param = |name: &str| found.params.get(name);
+        let selector = match found.value.route {
+            HotRoute::Predict(r) => r.selector(param),
+            HotRoute::Submit(r) => r.selector(param),
+        };
         Some((found.value, selector))
     }
 }
@@ -131,9 +160,27 @@ impl Service<Request> for PublicService {
                 Ok(p) => {
                     let key_id = p.key_id.clone();
                     let trace = scope.trace;
-                    let (response, facts) =
-                        predict::call(&state, p, trace, route, selector, req).await;
-                    (response, Some(key_id), Some(facts))
+                    match route {
+                        HotRoute::Predict(route) => {
+                            let (response, facts) =
+                                predict::call(&state, p, trace, route, selector, req).await;
+                            (response, Some(key_id), Some(facts))
+                        }
+                        HotRoute::Submit(_) => {
+                            // Its facts ride on the response, as through the router.
+                            let (parts, body) = req.into_parts();
+                            let response = async_predict::submit(
+                                state.clone(),
+                                p,
+                                trace,
+                                selector,
+                                parts.headers,
+                                body,
+                            )
+                            .await;
+                            (response, Some(key_id), None)
+                        }
+                    }
                 }
             };
             Ok(scope.end(&state, response, key_id, facts).await)
@@ -145,7 +192,7 @@ impl Service<Request> for PublicService {
 mod tests {
     use super::*;
 
-    fn taken(method: Method, path: &str) -> Option<(PredictRoute, Selector)> {
+    fn taken(method: Method, path: &str) -> Option<(HotRoute, Selector)> {
         let routes = HotRoutes::new(Label::new);
         routes
             .take(&method, path)
@@ -153,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn the_six_predict_routes_are_taken_with_their_selectors() {
+    fn the_predict_and_submit_routes_are_taken_with_their_selectors() {
         let env = |model: &str, env: &str| Selector::Environment {
             model: model.to_owned(),
             env: env.to_owned(),
@@ -164,39 +211,56 @@ mod tests {
         let cases = [
             (
                 "/models/m1/predict",
-                PredictRoute::Model,
+                HotRoute::Predict(PredictRoute::Model),
                 env("m1", "production"),
             ),
             (
                 "/models/m1/environments/staging/predict",
-                PredictRoute::Environment,
+                HotRoute::Predict(PredictRoute::Environment),
                 env("m1", "staging"),
             ),
             (
                 "/model_versions/v1/predict",
-                PredictRoute::Version,
+                HotRoute::Predict(PredictRoute::Version),
                 version("v1"),
             ),
             (
                 "/models/m1/predict_internal",
-                PredictRoute::ModelInternal,
+                HotRoute::Predict(PredictRoute::ModelInternal),
                 env("m1", "production"),
             ),
             (
                 "/model_versions/v1/predict_internal",
-                PredictRoute::VersionInternal,
+                HotRoute::Predict(PredictRoute::VersionInternal),
                 version("v1"),
             ),
             (
                 "/model/m1/v1/predict_internal",
-                PredictRoute::ModelVersionInternal,
+                HotRoute::Predict(PredictRoute::ModelVersionInternal),
                 Selector::ModelVersion {
                     model: "m1".to_owned(),
                     version: "v1".to_owned(),
                 },
             ),
         ];
-        for (path, route, selector) in cases {
+        let submits = [
+            (
+                "/models/m1/async_predict",
+                HotRoute::Submit(SubmitRoute::Model),
+                env("m1", "production"),
+            ),
+            (
+                "/models/m1/environments/staging/async_predict",
+                HotRoute::Submit(SubmitRoute::Environment),
+                env("m1", "staging"),
+            ),
+            (
+                "/model_versions/v1/async_predict",
+                HotRoute::Submit(SubmitRoute::Version),
+                version("v1"),
+            ),
+        ];
+        for (path, route, selector) in cases.into_iter().chain(submits) {
             assert_eq!(taken(Method::POST, path), Some((route, selector)), "{path}");
         }
     }
@@ -209,7 +273,10 @@ mod tests {
             (Method::POST, "/models/m%31/predict"),
             (Method::POST, "/models/m1/predict/"),
             (Method::POST, "/models/m1/predict/extra"),
-            (Method::POST, "/models/m1/async_predict"),
+            (Method::GET, "/models/m1/async_predict"),
+            (Method::POST, "/models/m1/async_predict/"),
+            (Method::POST, "/models/m1/async_queue_status"),
+            (Method::POST, "/async_request/r1"),
             (Method::POST, "/admin/models"),
         ] {
             assert!(taken(method.clone(), path).is_none(), "{method} {path}");
