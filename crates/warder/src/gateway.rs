@@ -279,7 +279,7 @@ fn invalid_json() -> ApiError {
 
 /// Validates the input against the version's `input_schema`; names up to five
 /// violations with their JSON pointers.
-fn check_input(
+pub(crate) fn check_input(
     validator: &jsonschema::Validator,
     input: &serde_json::Value,
 ) -> Result<(), ApiError> {

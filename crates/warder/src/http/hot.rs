@@ -78,7 +78,7 @@ impl HotRoutes {
         HotRoutes(hot)
     }
 
-    /// The predict route of a request, when the fast path takes it.
+    /// The predict or submit route of a request, when the fast path takes it.
     fn take(&self, method: &Method, path: &str) -> Option<(&Hot, Selector)> {
         if method != Method::POST {
             return None;
@@ -110,7 +110,8 @@ pub struct PublicService {
 }
 
 impl PublicService {
-    /// The predict fast path in front of `router` (the full public router).
+    /// The predict and submit fast path in front of `router` (the full
+    /// public router).
     pub fn new(state: SharedState, router: Router) -> PublicService {
         let hot = HotRoutes::new(|path| state.metrics.route_label(path));
         PublicService {
@@ -242,8 +243,6 @@ mod tests {
                     version: "v1".to_owned(),
                 },
             ),
-        ];
-        let submits = [
             (
                 "/models/m1/async_predict",
                 HotRoute::Submit(SubmitRoute::Model),
@@ -260,7 +259,7 @@ mod tests {
                 version("v1"),
             ),
         ];
-        for (path, route, selector) in cases.into_iter().chain(submits) {
+        for (path, route, selector) in cases {
             assert_eq!(taken(Method::POST, path), Some((route, selector)), "{path}");
         }
     }

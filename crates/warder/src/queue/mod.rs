@@ -89,7 +89,7 @@ pub struct SubmitBody {
     /// written out again, which cost about 8 500 instructions per async job
     /// (callgrind, `bench/` async scenario on PostgreSQL: 7 % of warder's
     /// work per job).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub model_input: Box<serde_json::value::RawValue>,
     /// Where the result is POSTed when finished.
     pub webhook_endpoint: Option<String>,
@@ -191,6 +191,14 @@ pub async fn submit(
             ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
         }
     })?;
+    // The version's `input_schema`, checked as a sync predict checks it:
+    // an input the model would refuse is refused now, not after its wait.
+    if let Some(validator) = &target.validator {
+        let input: Value = serde_json::from_str(body.model_input.get()).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidJson, format!("invalid model_input: {e}"))
+        })?;
+        gateway::check_input(validator, &input)?;
+    }
     let priority = in_range("priority", body.priority, 0, 2, 0)?;
     let queue_s = in_range(
         "max_time_in_queue_seconds",

@@ -17,6 +17,7 @@ scenarios!(
     another_users_request_is_not_found,
     limits_defaults_and_idempotency,
     queue_status_counts_queued_and_running,
+    the_input_schema_is_checked_and_the_input_sent_as_written,
 );
 
 #[test]
@@ -581,4 +582,58 @@ async fn queue_status_counts_queued_and_running(b: Backend) {
         wait_for_status(&app, &c.key, id, "SUCCEEDED").await;
     }
     assert!(model.log.count() == 5);
+}
+
+async fn the_input_schema_is_checked_and_the_input_sent_as_written(b: Backend) {
+    let app = spawn_app_with(b, fast_queue).await;
+    let up = fake_upstream().await;
+    let schema = json!({
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string", "maxLength": 20}},
+    });
+    app.register(
+        "typed",
+        &up.url("/inspect"),
+        json!({"input_schema": schema}),
+    )
+    .await;
+    let c = app.caller("jo", &["typed"], None).await;
+    for bad in [json!({}), json!({"text": 5}), json!([1]), json!(null)] {
+        let (s, body, _) = submit(&app, &c.key, "typed", json!({"model_input": bad})).await;
+        assert_error(s, &body, 422, "INVALID_INPUT");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("input_schema")),
+            "{body}"
+        );
+    }
+    let (_, list) = app
+        .admin(Method::GET, "/admin/async_requests?model=typed", None)
+        .await;
+    assert_eq!(
+        list["async_requests"].as_array().map(Vec::len),
+        Some(0),
+        "nothing refused was queued: {list}"
+    );
+
+    // A valid input reaches the model byte for byte: key order and spacing
+    // as the caller wrote them.
+    let input = r#"{"text": "fine", "b": [1,  2.50], "a": {"z": 1, "y": 2}}"#;
+    let resp = app
+        .client
+        .post(format!("{}/models/typed/async_predict", app.url))
+        .header("Authorization", format!("Api-Key {}", c.key))
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"priority": 1, "model_input": {input}}}"#))
+        .send()
+        .await
+        .expect("sent");
+    let (s, body, _) = json_of(resp).await;
+    assert_eq!(s, 201, "{body}");
+    let id = body["request_id"].as_str().expect("id").to_owned();
+    let done = wait_for_status(&app, &c.key, &id, "SUCCEEDED").await;
+    assert_eq!(done["output"]["body"], input, "{done}");
+    assert_eq!(up.log.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
