@@ -404,6 +404,17 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code
     assert!(rid.bytes().all(|b| b.is_ascii_hexdigit()), "{body}");
 }
 
+/// A 422 `INVALID_INPUT` that names the version's `input_schema`.
+pub fn assert_schema_refusal(status: StatusCode, body: &Value) {
+    assert_error(status, body, 422, "INVALID_INPUT");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("input_schema")),
+        "{body}"
+    );
+}
+
 /// Reads a reqwest response as (status, JSON).
 pub async fn json_of(resp: reqwest::Response) -> (StatusCode, Value, reqwest::header::HeaderMap) {
     let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
