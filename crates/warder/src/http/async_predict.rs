@@ -17,7 +17,11 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Path parameters by name, as axum extracts them.
+type Params = HashMap<String, String>;
 
 /// The three async submit routes. The axum router and [`crate::http::hot`]
 /// both take their paths and selectors from here.
@@ -119,7 +123,7 @@ pub(crate) async fn submit(
 
 /// Queue a request for a model's `production` version.
 #[utoipa::path(post, path = "/models/{model}/async_predict", tag = "async", request_body = SubmitBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retried submit with the same key returns the first request")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried submit with the same key returns the first request"), ("model" = String, Path)),
     responses((status = 201, body = Submitted), (status = 400, description = "refused webhook target or bad header"),
         (status = 401), (status = 403), (status = 404), (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),
     security(("api_key" = [])))]
@@ -127,43 +131,42 @@ async fn model_async(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(model): Path<String>,
+    Path(params): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let selector = Selector::Environment {
-        model,
-        env: "production".to_owned(),
-    };
+    let selector = SubmitRoute::Model.selector(|n| params.get(n).map(String::as_str));
     submit(s, p, t, selector, headers, body).await
 }
 
 /// Queue a request for the version an environment points at.
 #[utoipa::path(post, path = "/models/{model}/environments/{env}/async_predict", tag = "async",
-    request_body = SubmitBody, responses((status = 201, body = Submitted)), security(("api_key" = [])))]
+    params(("model" = String, Path), ("env" = String, Path)), request_body = SubmitBody, responses((status = 201, body = Submitted)), security(("api_key" = [])))]
 async fn env_async(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path((model, env)): Path<(String, String)>,
+    Path(params): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    submit(s, p, t, Selector::Environment { model, env }, headers, body).await
+    let selector = SubmitRoute::Environment.selector(|n| params.get(n).map(String::as_str));
+    submit(s, p, t, selector, headers, body).await
 }
 
 /// Queue a request for one version.
 #[utoipa::path(post, path = "/model_versions/{version_id}/async_predict", tag = "async",
-    request_body = SubmitBody, responses((status = 201, body = Submitted)), security(("api_key" = [])))]
+    params(("version_id" = String, Path)), request_body = SubmitBody, responses((status = 201, body = Submitted)), security(("api_key" = [])))]
 async fn version_async(
     State(s): State<SharedState>,
     Extension(p): Extension<Arc<Principal>>,
     Extension(t): Extension<TraceContext>,
-    Path(version): Path<String>,
+    Path(params): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    submit(s, p, t, Selector::Version { version }, headers, body).await
+    let selector = SubmitRoute::Version.selector(|n| params.get(n).map(String::as_str));
+    submit(s, p, t, selector, headers, body).await
 }
 
 /// The status, output and errors of one of the caller's async requests.

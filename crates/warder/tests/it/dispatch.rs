@@ -1,8 +1,9 @@
-//! The public listener's two ways to a sync predict: the fast path in front
-//! of the router and the router itself (taken, among others, by
-//! percent-encoded paths) answer alike, share one limiter and one set of
-//! metrics; and a caller hanging up leaves nothing counted in flight.
+//! The public listener's two ways to a sync predict and an async submit:
+//! the fast path in front of the router and the router itself (taken, among
+//! others, by percent-encoded paths) answer alike, share one limiter and one
+//! set of metrics; and a caller hanging up leaves nothing counted in flight.
 
+use crate::async_support::{fast_queue, status_of};
 use crate::fake_upstream::fake_upstream;
 use crate::helpers::*;
 use crate::scenarios;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 scenarios!(
     both_ways_to_a_predict_answer_alike,
+    both_ways_to_an_async_submit_answer_alike,
     a_caller_hanging_up_leaves_nothing_in_flight,
 );
 
@@ -82,6 +84,63 @@ async fn both_ways_to_a_predict_answer_alike(b: Backend) {
     let refused =
         "warder_http_requests_total{route=\"/models/{model}/predict\",model=\"\",status=\"401\"}";
     assert_eq!(metric_value(&text, refused), 2.0, "{text}");
+}
+
+async fn both_ways_to_an_async_submit_answer_alike(b: Backend) {
+    let app = spawn_app_with(b, fast_queue).await;
+    let up = fake_upstream().await;
+    let m = app.register("m", &up.url("/echo"), json!({})).await;
+    let c = app.caller("u", &["m"], None).await;
+    let version = m.version_id.as_str();
+    // Each route once on the fast path and once, percent-encoded, through
+    // the router (`%6D` is `m`; `%{:02X}` the version id's first byte).
+    let encoded_version = format!("%{:02X}{}", version.as_bytes()[0], &version[1..]);
+    let routes = [
+        (
+            "/models/{model}/async_predict",
+            "/models/m/async_predict".to_owned(),
+            "/models/%6D/async_predict".to_owned(),
+        ),
+        (
+            "/models/{model}/environments/{env}/async_predict",
+            "/models/m/environments/production/async_predict".to_owned(),
+            "/models/%6D/environments/production/async_predict".to_owned(),
+        ),
+        (
+            "/model_versions/{version_id}/async_predict",
+            format!("/model_versions/{version}/async_predict"),
+            format!("/model_versions/{encoded_version}/async_predict"),
+        ),
+    ];
+    for (route, fast, routed) in &routes {
+        for path in [fast, routed] {
+            let resp = app
+                .predict(&c.key, path, json!({"model_input": {"path": path}}))
+                .await;
+            let (s, body, h) = json_of(resp).await;
+            assert_eq!(s, 201, "{path}: {body}");
+            let id = body["request_id"].as_str().expect("request id");
+            assert_eq!(h["x-request-id"], id, "{path}");
+            let job = status_of(&app, &c.key, id).await;
+            assert_eq!(job["model_version_id"], version, "{path}: {job}");
+
+            let resp = app
+                .client
+                .post(format!("{}{path}", app.url))
+                .json(&json!({"model_input": {}}))
+                .send()
+                .await
+                .expect("sent");
+            let (s, body, _) = json_of(resp).await;
+            assert_error(s, &body, 401, "UNAUTHENTICATED");
+        }
+        let text = app.metrics().await;
+        let created = format!(
+            "warder_http_requests_total{{route=\"{route}\",model=\"{}\",status=\"201\"}}",
+            m.model_id
+        );
+        assert_eq!(metric_value(&text, &created), 2.0, "{route}: {text}");
+    }
 }
 
 async fn a_caller_hanging_up_leaves_nothing_in_flight(b: Backend) {
