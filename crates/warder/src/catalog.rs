@@ -87,6 +87,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether a daily or monthly call quota applies.
+    pub fn has_quota(&self) -> bool {
+        self.daily_calls.is_some() || self.monthly_calls.is_some()
+    }
+
     fn from_policy(p: &Policy) -> Limits {
         Limits {
             rate_per_second: p.rate_limit_per_second,

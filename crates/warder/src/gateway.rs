@@ -7,6 +7,7 @@
 use crate::auth::Principal;
 use crate::catalog::{Access, Limits, ResolveError, Selector, Target};
 use crate::http::error::ApiError;
+use crate::http::middleware::X_REQUEST_ID;
 use crate::json_syntax::is_json_value;
 use crate::state::AppState;
 use crate::telemetry::metrics::{Label, ModelLabels};
@@ -140,8 +141,10 @@ async fn run(
         }
     };
 
-    if !call.internal {
-        take_quota(state, principal, &target, &limits).await?;
+    if !call.internal && limits.has_quota() {
+        // Boxed: most calls have no quota, and its future would otherwise
+        // add to the size of this one (see below).
+        Box::pin(take_quota(state, principal, &target, &limits)).await?;
     }
 
     let started = tokio::time::Instant::now();
@@ -153,15 +156,18 @@ async fn run(
     state
         .usage
         .record(&principal.user_id, &principal.key_id, &target.model_label.0);
-    let sent = state
-        .upstream
-        .send_buffered(
-            |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
-            body,
-            deadline,
-            timeout,
-        )
-        .await;
+    // Boxed: this future, the largest awaited here, would otherwise set
+    // the size of this one and of every future around it, up to the
+    // connection's task, and each of those is copied whole at least once per
+    // request (moved into its caller's state, then onto the heap). On the
+    // heap it is copied once.
+    let sent = Box::pin(state.upstream.send_buffered(
+        |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
+        body,
+        deadline,
+        timeout,
+    ))
+    .await;
     let upstream = sent.map_err(|e| {
         state
             .metrics
@@ -376,7 +382,7 @@ pub(crate) async fn take_quota(
     limits: &Limits,
 ) -> Result<(), ApiError> {
     let model = &target.model.id;
-    if limits.daily_calls.is_some() || limits.monthly_calls.is_some() {
+    if limits.has_quota() {
         match state
             .quotas
             .admit(
@@ -526,11 +532,14 @@ pub(crate) fn build_upstream_request(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Names made once, in statics: `from_static` outside a const context
+    // checks its argument on every call.
+    static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
     if let Ok(v) = HeaderValue::from_str(traceparent) {
-        h.insert(HeaderName::from_static("traceparent"), v);
+        h.insert(TRACEPARENT.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(HeaderName::from_static("x-request-id"), v);
+        h.insert(X_REQUEST_ID.clone(), v);
     }
     request
 }

@@ -161,7 +161,9 @@ impl AuthService {
             }
             None => {
                 self.misses.inc();
-                let found = match self.load(key.id()).await? {
+                // Boxed: the store lookup is rare and would otherwise set
+                // the size of this future, copied on every call.
+                let found = match Box::pin(self.load(key.id())).await? {
                     Some(record) => {
                         let principal = Arc::new(principal_of(&record));
                         let digest = ApiKey::decode_hash(&record.secret_hash);

@@ -77,6 +77,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/models/{model}/async_queue_status", get(queue_status))
 }
 
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// Queues one request for an authenticated caller (both dispatch paths end
 /// here); the [`RequestFacts`] for the access line ride on the response.
 pub(crate) async fn submit(
@@ -97,7 +99,7 @@ pub(crate) async fn submit(
         principal,
         trace,
         selector,
-        idempotency_key: text(HeaderName::from_static("idempotency-key")),
+        idempotency_key: text(IDEMPOTENCY_KEY.clone()),
         content_type: text(header::CONTENT_TYPE),
         body,
     };

@@ -170,14 +170,17 @@ impl Service<Request> for PublicService {
                         HotRoute::Submit(_) => {
                             // Its facts ride on the response, as through the router.
                             let (parts, body) = req.into_parts();
-                            let response = async_predict::submit(
+                            // Boxed: it is larger than a predict, and
+                            // this block, sized for its largest branch, is
+                            // copied onto the heap for every request.
+                            let response = Box::pin(async_predict::submit(
                                 state.clone(),
                                 p,
                                 trace,
                                 selector,
                                 parts.headers,
                                 body,
-                            )
+                            ))
                             .await;
                             (response, Some(key_id), None)
                         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use warder_core::ErrorCode;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The key that made a request, left on the response for the access log.
 #[derive(Debug, Clone)]
@@ -110,7 +110,8 @@ impl RequestScope {
         {
             // A refusal produced by an axum extractor (bad path or query
             // encoding, …): give it the documented shape too.
-            response = reshape_rejection(response).await;
+            // Boxed, being rare: it would otherwise set this future's size.
+            response = Box::pin(reshape_rejection(response)).await;
         }
         if let Some(err) = response.extensions_mut().remove::<ApiError>() {
             let body = err.body(Some(&trace.request_id));

@@ -10,6 +10,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 /// The six sync predict routes. The axum router and [`crate::http::hot`]
@@ -92,14 +93,18 @@ pub fn routes() -> Router<SharedState> {
 }
 
 /// Runs a predict for an authenticated caller (both dispatch paths end here).
-pub(crate) async fn call(
-    state: &SharedState,
+///
+/// A plain function returning the gateway's future, not an `async fn`: an
+/// `async fn` would wrap that future in one of its own, and every such layer
+/// copies the whole inner future once more per request.
+pub(crate) fn call<'a>(
+    state: &'a SharedState,
     principal: Arc<Principal>,
     trace: TraceContext,
     route: PredictRoute,
     selector: Selector,
     request: Request,
-) -> (Response, RequestFacts) {
+) -> impl Future<Output = (Response, RequestFacts)> + 'a {
     // Taken apart, not cloned: the headers move into the call.
     let (parts, body) = request.into_parts();
     gateway::predict(
@@ -113,7 +118,6 @@ pub(crate) async fn call(
             body,
         },
     )
-    .await
 }
 
 /// Path parameters by name, as axum extracts them.
