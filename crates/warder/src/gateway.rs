@@ -142,8 +142,8 @@ async fn run(
     };
 
     if !call.internal && limits.has_quota() {
-        // Boxed: most calls have no quota, and its future would otherwise
-        // add to the size of this one (see below).
+        // Boxed: quotas are optional and usually absent, and its future
+        // would otherwise add to the size of this one (see below).
         Box::pin(take_quota(state, principal, &target, &limits)).await?;
     }
 
@@ -158,9 +158,9 @@ async fn run(
         .record(&principal.user_id, &principal.key_id, &target.model_label.0);
     // Boxed: this future, the largest awaited here, would otherwise set
     // the size of this one and of every future around it, up to the
-    // connection's task, and each of those is copied whole at least once per
-    // request (moved into its caller's state, then onto the heap). On the
-    // heap it is copied once.
+    // per-request box, and each of those is copied whole at least once per
+    // request (moved into its caller's state, then onto the heap). Boxed,
+    // it is moved once, onto the heap.
     let sent = Box::pin(state.upstream.send_buffered(
         |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
         body,
