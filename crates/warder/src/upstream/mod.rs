@@ -8,6 +8,7 @@
 //! closed before the request went out) is retried, once, and only when the
 //! caller can replay the body.
 
+mod exchange;
 mod pool;
 
 pub use pool::UpstreamBody;
@@ -32,7 +33,7 @@ pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
 use axum::body::Body;
 use bytes::Bytes;
 use http::uri::Scheme;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -139,19 +140,16 @@ impl UpstreamClient {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout_at(deadline, self.dispatch(request)).await {
-            Err(_) => Err(UpstreamError {
-                kind: UpstreamErrorKind::Timeout,
-                retry_safe: false,
-                message: format!("no answer within {} ms", timeout.as_millis()),
-            }),
-            Ok(result) => result,
-        }
+        within(deadline, timeout, self.dispatch(request)).await
     }
 
     /// Sends a buffered request that must answer by `deadline` (`timeout`
     /// after the call began), retrying once when the first attempt could
     /// not connect. `build` makes a fresh request for each attempt.
+    ///
+    /// A `POST` of at most [`exchange::MAX_BODY`] bytes to an `http://`
+    /// upstream goes through the hand-driven exchange ([`exchange`]);
+    /// anything else through hyper.
     pub async fn send_buffered(
         &self,
         build: impl Fn(Bytes) -> Request<Body>,
@@ -159,18 +157,47 @@ impl UpstreamClient {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match self
-            .send_until(build(body.clone()), deadline, timeout)
-            .await
-        {
-            Err(e) if e.retry_safe => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(e);
+        let mut raw = None;
+        let mut retried = false;
+        loop {
+            let request = build(body.clone());
+            let raw = *raw.get_or_insert_with(|| {
+                request.uri().scheme() == Some(&Scheme::HTTP)
+                    && request.method() == Method::POST
+                    && body.len() <= exchange::MAX_BODY
+            });
+            let sent = if raw {
+                within(deadline, timeout, self.plain.send_raw(request, &body)).await
+            } else {
+                self.send_until(request, deadline, timeout).await
+            };
+            match sent {
+                Err(e) if e.retry_safe && !retried => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    retried = true;
                 }
-                self.send_until(build(body), deadline, timeout).await
+                other => return other,
             }
-            other => other,
         }
+    }
+}
+
+/// `call`, failing with a timeout at `deadline`; `timeout` is what the error
+/// says was allowed.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Err(_) => Err(UpstreamError {
+            kind: UpstreamErrorKind::Timeout,
+            retry_safe: false,
+            message: format!("no answer within {} ms", timeout.as_millis()),
+        }),
+        Ok(result) => result,
     }
 }
 

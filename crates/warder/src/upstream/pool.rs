@@ -28,6 +28,7 @@
 //!   middlebox may have dropped them silently), and at most
 //!   [`MAX_IDLE_PER_HOST`] wait per host.
 
+use super::exchange::{self, BoxError, Failure, RawBody, RawConn};
 use super::{error_chain, UpstreamError, UpstreamErrorKind};
 use axum::body::Body;
 use bytes::Bytes;
@@ -65,18 +66,58 @@ pub(crate) struct Host {
     host_header: Option<HeaderValue>,
     /// `http://authority/`, what the connector dials.
     dial: Uri,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<VecDeque<Idle<SendRequest<Body>>>>,
+    /// Idle connections of the hand-driven exchange ([`exchange`]).
+    raw_idle: Mutex<VecDeque<Idle<RawConn>>>,
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
+struct Idle<C> {
+    conn: C,
     /// When it went idle, on the coarse clock (a timeout of a minute needs
     /// no finer one).
     since: coarsetime::Instant,
 }
 
-fn idle_for(entry: &Idle, now: coarsetime::Instant) -> Duration {
+fn idle_for<C>(entry: &Idle<C>, now: coarsetime::Instant) -> Duration {
     now.duration_since(entry.since).into()
+}
+
+/// The most recently used idle connection that `usable` accepts; entries
+/// past [`IDLE_TIMEOUT`] are closed.
+fn take_idle<C>(
+    idle: &Mutex<VecDeque<Idle<C>>>,
+    now: coarsetime::Instant,
+    usable: impl Fn(&C) -> bool,
+) -> Option<C> {
+    let mut idle = lock(idle);
+    while let Some(entry) = idle.pop_back() {
+        if idle_for(&entry, now) > IDLE_TIMEOUT {
+            // The rest are older still.
+            idle.clear();
+            return None;
+        }
+        if usable(&entry.conn) {
+            return Some(entry.conn);
+        }
+    }
+    None
+}
+
+/// Pools `conn`: the oldest entries past the timeout are closed, and one
+/// more when the pool is full.
+fn put_idle<C>(idle: &Mutex<VecDeque<Idle<C>>>, conn: C) {
+    let now = crate::ttl_cache::now();
+    let mut idle = lock(idle);
+    while idle
+        .front()
+        .is_some_and(|e| idle_for(e, now) > IDLE_TIMEOUT)
+    {
+        idle.pop_front();
+    }
+    if idle.len() >= MAX_IDLE_PER_HOST {
+        idle.pop_front();
+    }
+    idle.push_back(Idle { conn, since: now });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,9 +216,68 @@ impl Http1Pool {
             host_header,
             dial,
             idle: Mutex::new(VecDeque::new()),
+            raw_idle: Mutex::new(VecDeque::new()),
         });
         hosts.insert(authority.as_str().into(), host.clone());
         Ok(host)
+    }
+
+    /// Sends a buffered `POST` (at most [`exchange::MAX_BODY`] bytes of
+    /// `body`; `request` gives the rest, its own body is not sent) through
+    /// the hand-driven exchange, on a pooled or new connection. Fails as
+    /// [`Http1Pool::send`] does.
+    pub(crate) async fn send_raw(
+        &self,
+        request: Request<Body>,
+        body: &[u8],
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let host = self.host(request.uri())?;
+        let wire = exchange::encode(&request, host.host_header.as_ref(), body);
+        // Not held across the awaits below: a `Body` is not `Sync`.
+        drop(request);
+        loop {
+            let (conn, reused) = match host.checkout_raw() {
+                Some(conn) => (conn, true),
+                None => (RawConn::new(self.dial(&host).await?.into_inner()), false),
+            };
+            match exchange::send(conn, &wire, host.clone()).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::raw)),
+                // Closed under us while idle; nothing was sent.
+                Err(Failure::Unsent(_)) if reused => continue,
+                Err(Failure::Unsent(e)) => {
+                    return Err(UpstreamError {
+                        kind: UpstreamErrorKind::Reset,
+                        retry_safe: true,
+                        message: format!(
+                            "the new connection closed before the request was sent: {e}"
+                        ),
+                    })
+                }
+                Err(Failure::Broken(message)) => {
+                    return Err(UpstreamError {
+                        kind: UpstreamErrorKind::Reset,
+                        retry_safe: false,
+                        message,
+                    })
+                }
+            }
+        }
+    }
+
+    /// A new TCP connection to `host` (`TCP_NODELAY`, connect timeout).
+    async fn dial(
+        &self,
+        host: &Host,
+    ) -> Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, UpstreamError> {
+        self.connector
+            .clone()
+            .oneshot(host.dial.clone())
+            .await
+            .map_err(|e| UpstreamError {
+                kind: UpstreamErrorKind::Connect,
+                retry_safe: true,
+                message: error_chain(&e),
+            })
     }
 
     async fn connect(&self, host: &Host) -> Result<SendRequest<Body>, UpstreamError> {
@@ -186,12 +286,7 @@ impl Http1Pool {
             retry_safe: true,
             message,
         };
-        let io = self
-            .connector
-            .clone()
-            .oneshot(host.dial.clone())
-            .await
-            .map_err(|e| connect_error(error_chain(&e)))?;
+        let io = self.dial(host).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
@@ -213,44 +308,34 @@ impl Host {
 
     /// [`Host::checkout`] at `now` on the coarse clock.
     fn checkout_at(&self, now: coarsetime::Instant) -> Option<SendRequest<Body>> {
-        let mut idle = lock(&self.idle);
-        while let Some(entry) = idle.pop_back() {
-            if idle_for(&entry, now) > IDLE_TIMEOUT {
-                // The rest are older still.
-                idle.clear();
-                return None;
-            }
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
-            }
-        }
-        None
+        take_idle(&self.idle, now, |sender| !sender.is_closed())
     }
 
     /// Takes back a connection ready for another request.
     fn put(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
+        if !sender.is_closed() {
+            put_idle(&self.idle, sender);
         }
-        let now = crate::ttl_cache::now();
-        let mut idle = lock(&self.idle);
-        // The oldest are at the front: close those past the timeout, and one
-        // more when the pool is full.
-        while idle
-            .front()
-            .is_some_and(|e| idle_for(e, now) > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        if idle.len() >= MAX_IDLE_PER_HOST {
-            idle.pop_front();
-        }
-        idle.push_back(Idle { sender, since: now });
+    }
+
+    /// [`Host::checkout`] for the hand-driven exchange.
+    fn checkout_raw(&self) -> Option<RawConn> {
+        take_idle(&self.raw_idle, crate::ttl_cache::now(), RawConn::is_open)
+    }
+
+    /// Takes back a hand-driven connection whose answer was read to its end.
+    pub(crate) fn put_raw(&self, conn: RawConn) {
+        put_idle(&self.raw_idle, conn);
     }
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         lock(&self.idle).len()
+    }
+
+    #[cfg(test)]
+    fn raw_idle_count(&self) -> usize {
+        lock(&self.raw_idle).len()
     }
 }
 
@@ -258,18 +343,38 @@ impl Host {
 /// connection goes back to its pool as soon as the body has been read to
 /// its end; dropped before that, the connection is closed.
 pub struct UpstreamBody {
-    inner: Incoming,
-    home: Option<(SendRequest<Body>, Arc<Host>)>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Through hyper: HTTPS, and `http://` requests the exchange does not
+    /// take.
+    Hyper {
+        body: Incoming,
+        home: Option<(SendRequest<Body>, Arc<Host>)>,
+    },
+    /// Through the hand-driven exchange.
+    Raw(RawBody),
 }
 
 impl UpstreamBody {
-    pub(crate) fn plain(inner: Incoming) -> UpstreamBody {
-        UpstreamBody { inner, home: None }
+    pub(crate) fn plain(body: Incoming) -> UpstreamBody {
+        UpstreamBody {
+            inner: Inner::Hyper { body, home: None },
+        }
     }
 
-    fn pooled(inner: Incoming, home: Option<(SendRequest<Body>, Arc<Host>)>) -> UpstreamBody {
-        let mut body = UpstreamBody { inner, home };
-        if body.inner.is_end_stream() {
+    fn raw(body: RawBody) -> UpstreamBody {
+        UpstreamBody {
+            inner: Inner::Raw(body),
+        }
+    }
+
+    fn pooled(body: Incoming, home: Option<(SendRequest<Body>, Arc<Host>)>) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            inner: Inner::Hyper { body, home },
+        };
+        if body.is_end_stream() {
             body.release(); // no body at all (204, `Content-Length: 0`)
         }
         body
@@ -279,7 +384,10 @@ impl UpstreamBody {
     /// as hyper is done with the request too (at once, unless the upstream
     /// answered before it had all of the request body).
     fn release(&mut self) {
-        let Some((mut sender, host)) = self.home.take() else {
+        let Inner::Hyper { home, .. } = &mut self.inner else {
+            return;
+        };
+        let Some((mut sender, host)) = home.take() else {
             return;
         };
         if sender.is_ready() {
@@ -298,37 +406,51 @@ impl UpstreamBody {
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.home.is_some())
-            .finish_non_exhaustive()
+        match &self.inner {
+            Inner::Hyper { home, .. } => f
+                .debug_struct("UpstreamBody")
+                .field("pooled", &home.is_some())
+                .finish_non_exhaustive(),
+            Inner::Raw(raw) => raw.fmt(f),
+        }
     }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (body, home) = match &mut self.inner {
+            Inner::Raw(raw) => return Pin::new(raw).poll_frame(cx),
+            Inner::Hyper { body, home } => (body, home),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => self.release(),
             // A broken body leaves a connection nobody should reuse.
-            Poll::Ready(Some(Err(_))) => self.home = None,
+            Poll::Ready(Some(Err(_))) => *home = None,
             _ => {}
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Raw(raw) => raw.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Raw(raw) => raw.size_hint(),
+        }
     }
 }
 
@@ -365,6 +487,11 @@ mod tests {
         /// `413` as soon as the request head is in, without reading the body;
         /// the connection stays open.
         EarlyAnswer,
+        /// `ok` as a chunked body with an extension and a trailer, written a
+        /// byte at a time.
+        ChunkedTrickle,
+        /// `103 Early Hints`, then `ok`.
+        Interim,
     }
 
     /// A raw HTTP/1.1 server on loopback: counts connections, records each
@@ -453,6 +580,20 @@ mod tests {
                         .into()
                 }
                 Mode::NoContent => "HTTP/1.1 204 No Content\r\n\r\n".into(),
+                Mode::ChunkedTrickle => {
+                    let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                  1;ext=\"a\"\r\no\r\n1\r\nk\r\n0\r\nx-trailer: t\r\n\r\n";
+                    for byte in answer.as_bytes() {
+                        if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    continue;
+                }
+                Mode::Interim => "HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
+                                  HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    .into(),
                 _ => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()),
             };
             if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -460,7 +601,12 @@ mod tests {
             }
             let inline = matches!(
                 mode,
-                Mode::Slow | Mode::ConnectionClose | Mode::Http10 | Mode::Chunked | Mode::NoContent
+                Mode::Slow
+                    | Mode::ConnectionClose
+                    | Mode::Http10
+                    | Mode::Chunked
+                    | Mode::NoContent
+                    | Mode::Interim
             );
             if !inline && stream.write_all(&body).await.is_err() {
                 return;
@@ -684,5 +830,150 @@ mod tests {
         assert_eq!(call(&pool, &s.url).await, "ok");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(host.idle_count(), 1);
+    }
+
+    // The hand-driven exchange (`send_raw`), against the same servers.
+
+    async fn call_raw(pool: &Http1Pool, url: &str) -> Bytes {
+        let response = pool.send_raw(request(url), b"{}").await.expect("answered");
+        assert_eq!(response.status(), 200);
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
+    fn raw_idle(pool: &Http1Pool, url: &str) -> usize {
+        let host = pool.host(&url.parse().expect("uri")).expect("host");
+        host.raw_idle_count()
+    }
+
+    #[tokio::test]
+    async fn raw_requests_reuse_one_connection_in_origin_form_with_their_framing() {
+        let s = server(Mode::KeepAlive).await;
+        let pool = pool();
+        let url = format!("{}/v1/x?y=1", s.url);
+        for _ in 0..20 {
+            assert_eq!(call_raw(&pool, &url).await, "ok");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(raw_idle(&pool, &url), 1);
+        let heads = lock(&s.heads).clone();
+        assert_eq!(heads.len(), 20, "the server read every body by its length");
+        let authority = s.url.trim_start_matches("http://");
+        let head = heads[0].to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/x?y=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nhost: {authority}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\ncontent-length: 2\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn raw_connections_the_server_closed_while_idle_are_replaced_without_an_error() {
+        let s = server(Mode::CloseAfterAnswer).await;
+        let pool = pool();
+        for n in 1..=5 {
+            assert_eq!(call_raw(&pool, &s.url).await, "ok");
+            // Let the runtime see the close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(s.accepted.load(Ordering::SeqCst), n);
+        }
+        assert_eq!(
+            lock(&s.heads).len(),
+            5,
+            "every request reached the server once"
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_connections_that_will_not_be_kept_alive_are_never_reused() {
+        for mode in [Mode::ConnectionClose, Mode::Http10] {
+            let s = server(mode).await;
+            let pool = pool();
+            for _ in 0..5 {
+                assert_eq!(call_raw(&pool, &s.url).await, "ok");
+            }
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 5);
+            assert_eq!(lock(&s.heads).len(), 5);
+            assert_eq!(raw_idle(&pool, &s.url), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_chunked_interim_and_empty_answers_give_their_connection_back() {
+        for mode in [Mode::Chunked, Mode::ChunkedTrickle, Mode::Interim] {
+            let s = server(mode).await;
+            let pool = pool();
+            for _ in 0..5 {
+                assert_eq!(call_raw(&pool, &s.url).await, "ok");
+            }
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        }
+        let s = server(Mode::NoContent).await;
+        let pool = pool();
+        for _ in 0..5 {
+            let response = pool
+                .send_raw(request(&s.url), b"{}")
+                .await
+                .expect("answered");
+            assert_eq!(response.status(), 204);
+            assert!(response.body().is_end_stream());
+            drop(response); // its (empty) body never polled
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_raw_request_received_but_not_answered_is_not_sent_again() {
+        let s = server(Mode::SwallowSecond).await;
+        let pool = pool();
+        assert_eq!(call_raw(&pool, &s.url).await, "ok");
+        let e = pool
+            .send_raw(request(&s.url), b"{}")
+            .await
+            .expect_err("no answer");
+        assert_eq!(e.kind, UpstreamErrorKind::Reset);
+        assert!(!e.retry_safe, "the upstream had the request");
+        assert_eq!(lock(&s.heads).len(), 2, "sent once");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "not resent elsewhere");
+    }
+
+    #[tokio::test]
+    async fn a_raw_body_dropped_before_its_end_closes_its_connection() {
+        let s = server(Mode::Large).await;
+        let pool = pool();
+        let response = pool
+            .send_raw(request(&s.url), b"{}")
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        drop(response);
+        assert_eq!(
+            raw_idle(&pool, &s.url),
+            0,
+            "a half-read connection is not pooled"
+        );
+        assert_eq!(call_raw(&pool, &s.url).await.len(), 4 << 20);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(raw_idle(&pool, &s.url), 1);
+        assert_eq!(call_raw(&pool, &s.url).await.len(), 4 << 20);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_raw_connection_is_a_connect_error_safe_to_retry() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        drop(listener);
+        let e = pool()
+            .send_raw(request(&url), b"{}")
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, UpstreamErrorKind::Connect);
+        assert!(e.retry_safe);
     }
 }
