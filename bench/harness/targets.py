@@ -159,9 +159,9 @@ FLOOR_LABEL = "bare hyper proxy (stack floor: no auth, limits, metrics or log)"
 
 def start_bare_proxy(procs, binary, core, tmp, upstream):
     """bench-upstream's `bare-proxy`: the stack warder's server is built on (tokio,
-    hyper server) with hyper-util's pooled client (warder's own plain-HTTP pool
-    is leaner) and nothing of warder's own on top. What it costs is the floor
-    any gateway on this stack pays."""
+    hyper server) with hyper-util's pooled client, and nothing of warder's own
+    on top: what any gateway on this stack and client pays. (warder's sync
+    predicts skip hyper's client: ARCHITECTURE.md, decision (l).)"""
     out_path = os.path.join(tmp, "bare-proxy.out")
     port = free_port()
     with open(out_path, "wb") as out:

@@ -5,9 +5,10 @@
 //! with hyper-util's pooled client (`TCP_NODELAY` both ways), and no
 //! authentication, no rate limit, no metrics and no log line. What it costs
 //! per request is what any gateway built on this stack pays before doing
-//! anything of its own. (warder's own pool for `http://` upstreams is
-//! leaner than hyper-util's client, so warder's margin over this floor
-//! understates what its features cost.)
+//! anything of its own. (warder's sync predicts to `http://` upstreams
+//! skip hyper's client: they write and read the upstream exchange by hand,
+//! see warder's ARCHITECTURE.md, decision (l). So warder can do better than
+//! this floor, and its margin over it understates what its features cost.)
 //!
 //! Usage: `bare-proxy LISTEN_ADDR UPSTREAM_URL`; prints `listening on ADDR`.
 

@@ -15,16 +15,19 @@
 //!
 //! What goes this way: a `POST` whose body is in memory and at most
 //! [`MAX_BODY`] bytes ([`super::UpstreamClient::send_buffered`]). Larger
-//! bodies, streamed ones and HTTPS keep hyper (see [`super::pool`]): with
-//! the whole request in the socket buffers at once, the exchange writes it
-//! out before it reads, and an upstream that answers early without reading
-//! (a 413, say) cannot block the write.
+//! bodies, streamed ones and HTTPS keep hyper (see [`super::pool`]): the
+//! exchange writes the whole request before it reads, and a request this
+//! small normally fits in the socket buffers, so that an upstream answering
+//! early without reading it (a 413, say) does not block the write (if it
+//! did, the call would end at its deadline).
 //!
 //! The answer's framing follows RFC 9112 §6.3: no body for 1xx, 204 and 304;
 //! `Transfer-Encoding` ending in `chunked` is decoded; any other transfer
 //! coding, or neither header, reads to the end of the connection; a
-//! `Content-Length` must be one number (repeats must agree). Interim (1xx)
-//! answers are skipped. A connection goes back to its pool only when its
+//! `Content-Length` must be one number (repeats must agree); beside a
+//! `Transfer-Encoding` it is dropped and the connection is not reused; an
+//! HTTP/1.0 answer with a `Transfer-Encoding` is refused (RFC 9112 §6.1).
+//! Interim (1xx) answers are skipped. A connection goes back to its pool only when its
 //! answer was read to the end, nothing follows it in the buffer, and it is
 //! HTTP/1.1 without `Connection: close`.
 
@@ -50,6 +53,9 @@ const MAX_HEADERS: usize = 100;
 /// A chunk-size line may not be longer.
 const MAX_CHUNK_LINE: usize = 1024;
 
+/// A connection idle this long is checked with a system call before reuse.
+const PEEK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a read buffer grows by.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -70,12 +76,25 @@ impl RawConn {
         }
     }
 
-    /// Still usable after a time in the pool: the server has not closed it
-    /// (or sent anything unasked). Costs no system call unless the runtime
-    /// saw the socket become readable: a read that drained it cleared that.
-    pub(crate) fn is_open(&self) -> bool {
+    /// Still usable after `idle` in the pool: the server has not closed it
+    /// (or sent anything unasked).
+    ///
+    /// After a short idle time this asks the runtime: it costs no system
+    /// call unless the runtime saw the socket become readable (the short
+    /// read that took the last answer cleared that). A close the runtime has
+    /// not yet seen goes unnoticed, as it would with hyper's client; the
+    /// request then fails as sent without an answer. Servers close idle
+    /// connections after seconds (uvicorn after 5), so after [`PEEK_AFTER`]
+    /// the socket itself is asked, with a non-blocking `MSG_PEEK`.
+    pub(crate) fn is_open(&self, idle: std::time::Duration) -> bool {
+        let would_block =
+            |r: io::Result<usize>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        if idle >= PEEK_AFTER {
+            let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+            return would_block(socket2::SockRef::from(&self.io).peek(&mut probe));
+        }
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        would_block(self.io.try_read(&mut probe))
     }
 
     /// Reads more into the buffer; `Ok(0)` is the end of the connection.
@@ -240,9 +259,17 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, String> {
             .map_err(|_| format!("invalid value of header '{}'", f.name))?;
         headers.append(name, value);
     }
+    let coded = headers.contains_key(header::TRANSFER_ENCODING);
+    if coded && version == Version::HTTP_10 {
+        return Err("an HTTP/1.0 answer with a Transfer-Encoding".into());
+    }
     let framing = framing(status, &headers)?;
+    // Both framings: the length is not the body's, and the sender is not
+    // to be trusted with another request (RFC 9112 §6.3).
+    let both = coded && headers.remove(header::CONTENT_LENGTH).is_some();
     let keep_alive = version == Version::HTTP_11
         && framing != Framing::Close
+        && !both
         && !has_token(&headers, header::CONNECTION, "close");
     Ok(Some((
         Head {
@@ -564,19 +591,27 @@ fn line(buf: &[u8], max: usize) -> Result<Option<usize>, String> {
     }
 }
 
-/// A chunk-size line: hexadecimal digits, then optional whitespace and
+/// A chunk-size line: hexadecimal digits, then optional spaces or tabs and
 /// `;`-extensions, which are ignored.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    if digits == 0 || !(rest.is_empty() || rest[0] == b';') {
         return None;
     }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    let significant = &line[zeros..digits];
+    if significant.len() > 15 {
         return None;
     }
-    let text = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(text, 16).ok()
+    if significant.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(significant).ok()?, 16).ok()
 }
 
 #[cfg(test)]
@@ -637,6 +672,18 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le")
             .expect("partial")
             .is_none());
+        assert!(
+            parse_head(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err(),
+            "RFC 9112 6.1"
+        );
+        let both =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive, "not trusted with another request");
+        assert!(
+            !both.headers.contains_key(header::CONTENT_LENGTH),
+            "not passed on"
+        );
     }
 
     #[test]
@@ -659,7 +706,16 @@ mod tests {
         assert_eq!(chunk_size(b"0"), Some(0));
         assert_eq!(chunk_size(b"A ; name=value"), Some(10));
         assert_eq!(chunk_size(b"ff;x"), Some(255));
-        for bad in [&b""[..], b"x", b"-1", b"1 2", b"0x10", b"1234567890abcdef0"] {
+        assert_eq!(chunk_size(b"00000000000000000001\t;x"), Some(1));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"1\r",
+            b"1234567890abcdef0",
+        ] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
         }
         assert_eq!(line(b"12\r\nab", 10), Ok(Some(2)));

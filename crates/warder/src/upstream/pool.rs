@@ -27,6 +27,13 @@
 //! - connections idle for longer than [`IDLE_TIMEOUT`] are not reused (a
 //!   middlebox may have dropped them silently), and at most
 //!   [`MAX_IDLE_PER_HOST`] wait per host.
+//!
+//! A sync predict's call skips hyper ([`super::exchange`]). Its connections
+//! wait in a second idle list per host, under the same rules; with no task
+//! of hyper's watching them, a connection is checked before reuse
+//! ([`RawConn::is_open`]), and a sweep every [`SWEEP_EVERY`] closes those the
+//! server closed or that aged out, so that a host no longer called keeps no
+//! sockets open.
 
 use super::exchange::{self, BoxError, Failure, RawBody, RawConn};
 use super::{error_chain, UpstreamError, UpstreamErrorKind};
@@ -49,6 +56,8 @@ use tower::ServiceExt;
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per host.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
+/// How often idle hand-driven connections are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Hosts by authority (`host:port` as written in the URL).
 type Hosts = HashMap<Box<str>, Arc<Host>, crate::FastHash>;
@@ -82,21 +91,22 @@ fn idle_for<C>(entry: &Idle<C>, now: coarsetime::Instant) -> Duration {
     now.duration_since(entry.since).into()
 }
 
-/// The most recently used idle connection that `usable` accepts; entries
-/// past [`IDLE_TIMEOUT`] are closed.
+/// The most recently used idle connection that `usable` accepts (given how
+/// long it was idle); entries past [`IDLE_TIMEOUT`] are closed.
 fn take_idle<C>(
     idle: &Mutex<VecDeque<Idle<C>>>,
     now: coarsetime::Instant,
-    usable: impl Fn(&C) -> bool,
+    usable: impl Fn(&C, Duration) -> bool,
 ) -> Option<C> {
     let mut idle = lock(idle);
     while let Some(entry) = idle.pop_back() {
-        if idle_for(&entry, now) > IDLE_TIMEOUT {
+        let idle_time = idle_for(&entry, now);
+        if idle_time > IDLE_TIMEOUT {
             // The rest are older still.
             idle.clear();
             return None;
         }
-        if usable(&entry.conn) {
+        if usable(&entry.conn, idle_time) {
             return Some(entry.conn);
         }
     }
@@ -128,11 +138,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Http1Pool {
     /// A pool dialing through `connector` (`TCP_NODELAY`, connect timeout).
+    /// Inside a tokio runtime it also starts the sweep of idle hand-driven
+    /// connections, which ends when the pool is dropped.
     pub(crate) fn new(connector: HttpConnector) -> Http1Pool {
-        Http1Pool {
+        let pool = Http1Pool {
             hosts: Arc::new(Mutex::new(HashMap::default())),
             connector,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hosts = Arc::downgrade(&pool.hosts);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(hosts) = hosts.upgrade() else { return };
+                    sweep(&hosts);
+                }
+            });
         }
+        pool
     }
 
     /// Sends `request` (absolute `http://` URI) on a pooled or new connection.
@@ -308,7 +333,7 @@ impl Host {
 
     /// [`Host::checkout`] at `now` on the coarse clock.
     fn checkout_at(&self, now: coarsetime::Instant) -> Option<SendRequest<Body>> {
-        take_idle(&self.idle, now, |sender| !sender.is_closed())
+        take_idle(&self.idle, now, |sender, _| !sender.is_closed())
     }
 
     /// Takes back a connection ready for another request.
@@ -321,6 +346,15 @@ impl Host {
     /// [`Host::checkout`] for the hand-driven exchange.
     fn checkout_raw(&self) -> Option<RawConn> {
         take_idle(&self.raw_idle, crate::ttl_cache::now(), RawConn::is_open)
+    }
+
+    /// Closes the idle hand-driven connections that aged out or that the
+    /// server closed.
+    fn sweep_raw(&self, now: coarsetime::Instant) {
+        lock(&self.raw_idle).retain(|entry| {
+            let idle_time = idle_for(entry, now);
+            idle_time <= IDLE_TIMEOUT && entry.conn.is_open(idle_time)
+        });
     }
 
     /// Takes back a hand-driven connection whose answer was read to its end.
@@ -336,6 +370,15 @@ impl Host {
     #[cfg(test)]
     fn raw_idle_count(&self) -> usize {
         lock(&self.raw_idle).len()
+    }
+}
+
+/// One sweep of every host's idle hand-driven connections.
+fn sweep(hosts: &Mutex<Hosts>) {
+    let hosts: Vec<Arc<Host>> = lock(hosts).values().cloned().collect();
+    let now = crate::ttl_cache::now();
+    for host in hosts {
+        host.sweep_raw(now);
     }
 }
 
@@ -492,6 +535,14 @@ mod tests {
         ChunkedTrickle,
         /// `103 Early Hints`, then `ok`.
         Interim,
+        /// `ok`, and one byte more than its `Content-Length`.
+        TrailingByte,
+        /// A `Content-Length` of 10, two bytes, then the server closes.
+        CutShort,
+        /// `ok` delimited by the end of the connection.
+        UntilClose,
+        /// A chunked body whose chunk size is not hexadecimal.
+        BadChunk,
     }
 
     /// A raw HTTP/1.1 server on loopback: counts connections, records each
@@ -594,6 +645,13 @@ mod tests {
                 Mode::Interim => "HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
                                   HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                     .into(),
+                Mode::TrailingByte => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokX".into(),
+                Mode::CutShort => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok".into(),
+                Mode::UntilClose => "HTTP/1.1 200 OK\r\n\r\nok".into(),
+                Mode::BadChunk => {
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"
+                        .into()
+                }
                 _ => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()),
             };
             if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -607,13 +665,21 @@ mod tests {
                     | Mode::Chunked
                     | Mode::NoContent
                     | Mode::Interim
+                    | Mode::TrailingByte
+                    | Mode::CutShort
+                    | Mode::UntilClose
+                    | Mode::BadChunk
             );
             if !inline && stream.write_all(&body).await.is_err() {
                 return;
             }
             if matches!(
                 mode,
-                Mode::CloseAfterAnswer | Mode::ConnectionClose | Mode::Http10
+                Mode::CloseAfterAnswer
+                    | Mode::ConnectionClose
+                    | Mode::Http10
+                    | Mode::CutShort
+                    | Mode::UntilClose
             ) {
                 return;
             }
@@ -878,6 +944,11 @@ mod tests {
         let pool = pool();
         for n in 1..=5 {
             assert_eq!(call_raw(&pool, &s.url).await, "ok");
+            assert_eq!(
+                raw_idle(&pool, &s.url),
+                1,
+                "pooled before the server's close"
+            );
             // Let the runtime see the close.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(s.accepted.load(Ordering::SeqCst), n);
@@ -975,5 +1046,145 @@ mod tests {
             .expect_err("refused");
         assert_eq!(e.kind, UpstreamErrorKind::Connect);
         assert!(e.retry_safe);
+    }
+
+    #[tokio::test]
+    async fn raw_answers_with_bytes_after_them_or_read_to_the_close_are_not_pooled() {
+        for mode in [Mode::TrailingByte, Mode::UntilClose] {
+            let s = server(mode).await;
+            let pool = pool();
+            for n in 1..=3 {
+                assert_eq!(call_raw(&pool, &s.url).await, "ok");
+                assert_eq!(raw_idle(&pool, &s.url), 0);
+                assert_eq!(s.accepted.load(Ordering::SeqCst), n);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_bodies_cut_short_or_badly_chunked_are_errors_not_short_answers() {
+        for mode in [Mode::CutShort, Mode::BadChunk] {
+            let s = server(mode).await;
+            let pool = pool();
+            let response = pool.send_raw(request(&s.url), b"{}").await.expect("a head");
+            assert_eq!(response.status(), 200);
+            assert!(response.into_body().collect().await.is_err());
+            assert_eq!(raw_idle(&pool, &s.url), 0);
+        }
+    }
+
+    /// The answer below, written in two parts split at every offset: the
+    /// reader must put together heads, chunk-size lines, CRLFs and trailers
+    /// cut anywhere.
+    #[tokio::test]
+    async fn raw_answers_split_at_any_byte_read_the_same() {
+        const ANSWER: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
+            HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-model: m\r\n\r\n\
+            5;ext=1\r\nhello\r\n006\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        let pool = pool();
+        for split in 1..ANSWER.len() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}/", listener.local_addr().expect("addr"));
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                stream.set_nodelay(true).expect("nodelay");
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(&ANSWER[..split]).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let _ = stream.write_all(&ANSWER[split..]).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+            let response = pool.send_raw(request(&url), b"{}").await.expect("answered");
+            assert_eq!(response.status(), 200, "split at {split}");
+            assert_eq!(response.headers()["x-model"], "m");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(body, "hello world", "split at {split}");
+            assert_eq!(
+                raw_idle(&pool, &url),
+                1,
+                "split at {split}: read to its end"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_to_a_reset_connection_sent_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(server); // a reset
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let host = pool().host(&url.parse().expect("uri")).expect("host");
+        let sent = exchange::send(RawConn::new(client), b"POST / HTTP/1.1\r\n\r\n", host).await;
+        assert!(matches!(sent, Err(Failure::Unsent(_))), "{:?}", sent.err());
+    }
+
+    #[tokio::test]
+    async fn closed_idle_connections_are_swept() {
+        let s = server(Mode::CloseAfterAnswer).await;
+        let pool = pool();
+        assert_eq!(call_raw(&pool, &s.url).await, "ok");
+        assert_eq!(raw_idle(&pool, &s.url), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sweep(&pool.hosts);
+        assert_eq!(raw_idle(&pool, &s.url), 0, "the server's close was seen");
+
+        let s = server(Mode::KeepAlive).await;
+        assert_eq!(call_raw(&pool, &s.url).await, "ok");
+        sweep(&pool.hosts);
+        assert_eq!(raw_idle(&pool, &s.url), 1, "an open connection stays");
+        let host = pool.host(&s.url.parse().expect("uri")).expect("host");
+        let later = crate::ttl_cache::now()
+            + coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
+        host.sweep_raw(later);
+        assert_eq!(raw_idle(&pool, &s.url), 0, "aged out");
+    }
+
+    #[tokio::test]
+    async fn predicts_take_the_exchange_up_to_its_body_limit_and_hyper_above() {
+        let s = server(Mode::KeepAlive).await;
+        let client = super::super::UpstreamClient::new();
+        let host = client
+            .plain
+            .host(&s.url.parse().expect("uri"))
+            .expect("host");
+        for (size, raw) in [(exchange::MAX_BODY, true), (exchange::MAX_BODY + 1, false)] {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let response = client
+                .send_buffered(
+                    |b| request_with(&s.url, Body::from(b)),
+                    Bytes::from(vec![b' '; size]),
+                    deadline,
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("answered");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(body, "ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                (host.raw_idle_count(), host.idle_count()),
+                if raw { (1, 0) } else { (1, 1) },
+                "{size} bytes"
+            );
+        }
+        assert_eq!(lock(&s.heads).len(), 2);
     }
 }
