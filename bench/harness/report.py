@@ -209,7 +209,9 @@ def limits(fig, cores, host_wake=None):
             f"{kn:.1f} µs per request, the bare stack {kf:.1f} and warder {kw:.1f}; in user "
             f"space nginx {tn - kn:.1f}, the bare stack {tf - kf:.1f} and warder {tw - kw:.1f}. "
             f"To cost what nginx costs, warder's user space would have to fit in "
-            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs that the HTTP stack alone takes."
+            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs of the bare stack (hyper's "
+            f"server and hyper-util's client; warder's sync predicts use hyper's server and "
+            f"an upstream exchange of their own, ARCHITECTURE.md decision (l))."
             + _syscalls(fig.get("syscalls") or {}))
     elif fig.get("syscalls"):
         out.append(_syscalls(fig["syscalls"]).strip())
