@@ -703,9 +703,35 @@ mod tests {
         r
     }
 
-    async fn call(pool: &Http1Pool, url: &str) -> Bytes {
-        let response = pool.send(request(url)).await.expect("answered");
+    /// Which way a test request goes: hyper's client connection
+    /// ([`Http1Pool::send`]) or the hand-driven exchange
+    /// ([`Http1Pool::send_raw`]). Both must follow the same rules.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Via {
+        Hyper,
+        Raw,
+    }
+
+    const BOTH: [Via; 2] = [Via::Hyper, Via::Raw];
+
+    async fn send(
+        via: Via,
+        pool: &Http1Pool,
+        url: &str,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match via {
+            Via::Hyper => pool.send(request(url)).await,
+            Via::Raw => pool.send_raw(request(url), b"{}").await,
+        }
+    }
+
+    async fn call(via: Via, pool: &Http1Pool, url: &str) -> Bytes {
+        let response = send(via, pool, url).await.expect("answered");
         assert_eq!(response.status(), 200);
+        body_of(response).await
+    }
+
+    async fn body_of(response: Response<UpstreamBody>) -> Bytes {
         response
             .into_body()
             .collect()
@@ -714,93 +740,122 @@ mod tests {
             .to_bytes()
     }
 
-    fn idle(pool: &Http1Pool, url: &str) -> usize {
+    fn idle(via: Via, pool: &Http1Pool, url: &str) -> usize {
         let host = pool.host(&url.parse().expect("uri")).expect("host");
-        host.idle_count()
+        match via {
+            Via::Hyper => host.idle_count(),
+            Via::Raw => host.raw_idle_count(),
+        }
     }
 
     #[tokio::test]
-    async fn sequential_requests_reuse_one_connection_in_origin_form_with_a_host() {
-        let s = server(Mode::KeepAlive).await;
-        let pool = pool();
-        let url = format!("{}/v1/x?y=1", s.url);
-        for _ in 0..20 {
-            assert_eq!(call(&pool, &url).await, "ok");
+    async fn sequential_requests_reuse_one_connection_in_origin_form_with_their_framing() {
+        for via in BOTH {
+            let s = server(Mode::KeepAlive).await;
+            let pool = pool();
+            let url = format!("{}/v1/x?y=1", s.url);
+            for _ in 0..20 {
+                assert_eq!(call(via, &pool, &url).await, "ok");
+            }
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "{via:?}");
+            assert_eq!(idle(via, &pool, &url), 1, "{via:?}");
+            let heads = lock(&s.heads).clone();
+            assert_eq!(heads.len(), 20, "the server read every body by its length");
+            let authority = s.url.trim_start_matches("http://");
+            let head = heads[0].to_ascii_lowercase();
+            assert!(head.starts_with("post /v1/x?y=1 http/1.1\r\n"), "{head}");
+            assert!(
+                head.contains(&format!("\r\nhost: {authority}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("\r\ncontent-length: 2\r\n"), "{head}");
         }
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(idle(&pool, &url), 1);
-        let heads = lock(&s.heads).clone();
-        assert_eq!(heads.len(), 20);
-        let authority = s.url.trim_start_matches("http://");
-        let head = heads[0].to_ascii_lowercase();
-        assert!(head.starts_with("post /v1/x?y=1 http/1.1\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("\r\nhost: {authority}\r\n")),
-            "{head}"
-        );
     }
 
     #[tokio::test]
     async fn connections_the_server_closed_while_idle_are_replaced_without_an_error() {
-        let s = server(Mode::CloseAfterAnswer).await;
-        let pool = pool();
-        for n in 1..=5 {
-            assert_eq!(call(&pool, &s.url).await, "ok");
-            // Let the pool's connection see the close.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(s.accepted.load(Ordering::SeqCst), n);
+        for via in BOTH {
+            let s = server(Mode::CloseAfterAnswer).await;
+            let pool = pool();
+            for n in 1..=5 {
+                assert_eq!(call(via, &pool, &s.url).await, "ok");
+                if via == Via::Raw {
+                    // Pooled at once: the answer came whole with its head.
+                    assert_eq!(idle(via, &pool, &s.url), 1, "pooled before the close");
+                }
+                // Let the runtime see the close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(s.accepted.load(Ordering::SeqCst), n, "{via:?}");
+            }
+            assert_eq!(
+                lock(&s.heads).len(),
+                5,
+                "{via:?}: every request reached the server once"
+            );
         }
-        assert_eq!(
-            lock(&s.heads).len(),
-            5,
-            "every request reached the server once"
-        );
     }
 
     #[tokio::test]
     async fn connections_that_will_not_be_kept_alive_are_never_reused() {
-        for mode in [Mode::ConnectionClose, Mode::Http10] {
-            let s = server(mode).await;
-            let pool = pool();
-            // Back to back: the request after a closing answer must not go
-            // on the connection that answered it.
-            for _ in 0..5 {
-                assert_eq!(call(&pool, &s.url).await, "ok");
+        for via in BOTH {
+            for mode in [Mode::ConnectionClose, Mode::Http10] {
+                let s = server(mode).await;
+                let pool = pool();
+                // Back to back: the request after a closing answer must not
+                // go on the connection that answered it.
+                for _ in 0..5 {
+                    assert_eq!(call(via, &pool, &s.url).await, "ok");
+                }
+                assert_eq!(s.accepted.load(Ordering::SeqCst), 5, "{via:?}");
+                assert_eq!(lock(&s.heads).len(), 5);
             }
-            assert_eq!(s.accepted.load(Ordering::SeqCst), 5);
-            assert_eq!(lock(&s.heads).len(), 5);
         }
     }
 
     #[tokio::test]
-    async fn chunked_and_empty_answers_give_their_connection_back() {
-        let s = server(Mode::Chunked).await;
-        let pool = pool();
-        for _ in 0..5 {
-            assert_eq!(call(&pool, &s.url).await, "ok");
+    async fn chunked_interim_and_empty_answers_give_their_connection_back() {
+        for via in BOTH {
+            let modes: &[Mode] = match via {
+                Via::Hyper => &[Mode::Chunked],
+                Via::Raw => &[Mode::Chunked, Mode::ChunkedTrickle, Mode::Interim],
+            };
+            for &mode in modes {
+                let s = server(mode).await;
+                let pool = pool();
+                for _ in 0..5 {
+                    assert_eq!(call(via, &pool, &s.url).await, "ok");
+                }
+                assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "{via:?}");
+            }
+            let s = server(Mode::NoContent).await;
+            let pool = pool();
+            for _ in 0..5 {
+                let response = send(via, &pool, &s.url).await.expect("answered");
+                assert_eq!(response.status(), 204);
+                assert!(response.body().is_end_stream());
+                drop(response); // its (empty) body never polled
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "{via:?}");
         }
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-
-        let s = server(Mode::NoContent).await;
-        for _ in 0..5 {
-            let response = pool.send(request(&s.url)).await.expect("answered");
-            assert_eq!(response.status(), 204);
-            drop(response); // its (empty) body never polled
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_request_received_but_not_answered_is_not_sent_again() {
-        let s = server(Mode::SwallowSecond).await;
-        let pool = pool();
-        assert_eq!(call(&pool, &s.url).await, "ok");
-        let e = pool.send(request(&s.url)).await.expect_err("no answer");
-        assert_eq!(e.kind, UpstreamErrorKind::Reset);
-        assert!(!e.retry_safe, "the upstream had the request");
-        assert_eq!(lock(&s.heads).len(), 2, "sent once");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "not resent elsewhere");
+        for via in BOTH {
+            let s = server(Mode::SwallowSecond).await;
+            let pool = pool();
+            assert_eq!(call(via, &pool, &s.url).await, "ok");
+            let e = send(via, &pool, &s.url).await.expect_err("no answer");
+            assert_eq!(e.kind, UpstreamErrorKind::Reset, "{via:?}");
+            assert!(!e.retry_safe, "{via:?}: the upstream had the request");
+            assert_eq!(lock(&s.heads).len(), 2, "{via:?}: sent once");
+            assert_eq!(
+                s.accepted.load(Ordering::SeqCst),
+                1,
+                "{via:?}: not resent elsewhere"
+            );
+        }
     }
 
     #[tokio::test]
@@ -827,23 +882,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_dropped_before_its_end_closes_its_connection() {
-        let s = server(Mode::Large).await;
-        let pool = pool();
-        let response = pool.send(request(&s.url)).await.expect("answered");
-        assert_eq!(response.status(), 200);
-        drop(response);
-        assert_eq!(
-            idle(&pool, &s.url),
-            0,
-            "a half-read connection is not pooled"
-        );
-        // The next request gets a connection of its own and reads it all,
-        // which returns that connection.
-        assert_eq!(call(&pool, &s.url).await.len(), 4 << 20);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(idle(&pool, &s.url), 1);
-        assert_eq!(call(&pool, &s.url).await.len(), 4 << 20);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        for via in BOTH {
+            let s = server(Mode::Large).await;
+            let pool = pool();
+            let response = send(via, &pool, &s.url).await.expect("answered");
+            assert_eq!(response.status(), 200);
+            drop(response);
+            assert_eq!(
+                idle(via, &pool, &s.url),
+                0,
+                "{via:?}: a half-read connection is not pooled"
+            );
+            // The next request gets a connection of its own and reads it
+            // all, which returns that connection.
+            assert_eq!(call(via, &pool, &s.url).await.len(), 4 << 20);
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "{via:?}");
+            assert_eq!(idle(via, &pool, &s.url), 1, "{via:?}");
+            assert_eq!(call(via, &pool, &s.url).await.len(), 4 << 20);
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "{via:?}");
+        }
     }
 
     #[tokio::test]
@@ -853,35 +910,37 @@ mod tests {
         let calls: Vec<_> = (0..8)
             .map(|_| {
                 let (pool, url) = (pool.clone(), s.url.clone());
-                tokio::spawn(async move { call(&pool, &url).await })
+                tokio::spawn(async move { call(Via::Hyper, &pool, &url).await })
             })
             .collect();
         for c in calls {
             assert_eq!(c.await.expect("joined"), "ok");
         }
         assert_eq!(s.accepted.load(Ordering::SeqCst), 8);
-        assert_eq!(idle(&pool, &s.url), 8);
+        assert_eq!(idle(Via::Hyper, &pool, &s.url), 8);
         for _ in 0..8 {
-            assert_eq!(call(&pool, &s.url).await, "ok");
+            assert_eq!(call(Via::Hyper, &pool, &s.url).await, "ok");
         }
         assert_eq!(s.accepted.load(Ordering::SeqCst), 8, "all reused");
     }
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error_safe_to_retry() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/", listener.local_addr().expect("addr"));
-        drop(listener);
-        let e = pool().send(request(&url)).await.expect_err("refused");
-        assert_eq!(e.kind, UpstreamErrorKind::Connect);
-        assert!(e.retry_safe);
+        for via in BOTH {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}/", listener.local_addr().expect("addr"));
+            drop(listener);
+            let e = send(via, &pool(), &url).await.expect_err("refused");
+            assert_eq!(e.kind, UpstreamErrorKind::Connect, "{via:?}");
+            assert!(e.retry_safe, "{via:?}");
+        }
     }
 
     #[tokio::test]
     async fn idle_connections_past_the_timeout_are_not_reused() {
         let s = server(Mode::KeepAlive).await;
         let pool = pool();
-        assert_eq!(call(&pool, &s.url).await, "ok");
+        assert_eq!(call(Via::Hyper, &pool, &s.url).await, "ok");
         let host = pool.host(&s.url.parse().expect("uri")).expect("host");
         // Right after it went idle the connection is handed out again; past
         // the timeout it is dropped (the clock moves forward rather than the
@@ -893,160 +952,12 @@ mod tests {
         let later = now + coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
         assert!(host.checkout_at(later).is_none(), "aged out");
         assert_eq!(host.idle_count(), 0, "the aged connection is closed");
-        assert_eq!(call(&pool, &s.url).await, "ok");
+        assert_eq!(call(Via::Hyper, &pool, &s.url).await, "ok");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(host.idle_count(), 1);
     }
 
-    // The hand-driven exchange (`send_raw`), against the same servers.
-
-    async fn call_raw(pool: &Http1Pool, url: &str) -> Bytes {
-        let response = pool.send_raw(request(url), b"{}").await.expect("answered");
-        assert_eq!(response.status(), 200);
-        response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-    }
-
-    fn raw_idle(pool: &Http1Pool, url: &str) -> usize {
-        let host = pool.host(&url.parse().expect("uri")).expect("host");
-        host.raw_idle_count()
-    }
-
-    #[tokio::test]
-    async fn raw_requests_reuse_one_connection_in_origin_form_with_their_framing() {
-        let s = server(Mode::KeepAlive).await;
-        let pool = pool();
-        let url = format!("{}/v1/x?y=1", s.url);
-        for _ in 0..20 {
-            assert_eq!(call_raw(&pool, &url).await, "ok");
-        }
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(raw_idle(&pool, &url), 1);
-        let heads = lock(&s.heads).clone();
-        assert_eq!(heads.len(), 20, "the server read every body by its length");
-        let authority = s.url.trim_start_matches("http://");
-        let head = heads[0].to_ascii_lowercase();
-        assert!(head.starts_with("post /v1/x?y=1 http/1.1\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("\r\nhost: {authority}\r\n")),
-            "{head}"
-        );
-        assert!(head.contains("\r\ncontent-length: 2\r\n"), "{head}");
-    }
-
-    #[tokio::test]
-    async fn raw_connections_the_server_closed_while_idle_are_replaced_without_an_error() {
-        let s = server(Mode::CloseAfterAnswer).await;
-        let pool = pool();
-        for n in 1..=5 {
-            assert_eq!(call_raw(&pool, &s.url).await, "ok");
-            assert_eq!(
-                raw_idle(&pool, &s.url),
-                1,
-                "pooled before the server's close"
-            );
-            // Let the runtime see the close.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(s.accepted.load(Ordering::SeqCst), n);
-        }
-        assert_eq!(
-            lock(&s.heads).len(),
-            5,
-            "every request reached the server once"
-        );
-    }
-
-    #[tokio::test]
-    async fn raw_connections_that_will_not_be_kept_alive_are_never_reused() {
-        for mode in [Mode::ConnectionClose, Mode::Http10] {
-            let s = server(mode).await;
-            let pool = pool();
-            for _ in 0..5 {
-                assert_eq!(call_raw(&pool, &s.url).await, "ok");
-            }
-            assert_eq!(s.accepted.load(Ordering::SeqCst), 5);
-            assert_eq!(lock(&s.heads).len(), 5);
-            assert_eq!(raw_idle(&pool, &s.url), 0);
-        }
-    }
-
-    #[tokio::test]
-    async fn raw_chunked_interim_and_empty_answers_give_their_connection_back() {
-        for mode in [Mode::Chunked, Mode::ChunkedTrickle, Mode::Interim] {
-            let s = server(mode).await;
-            let pool = pool();
-            for _ in 0..5 {
-                assert_eq!(call_raw(&pool, &s.url).await, "ok");
-            }
-            assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-        }
-        let s = server(Mode::NoContent).await;
-        let pool = pool();
-        for _ in 0..5 {
-            let response = pool
-                .send_raw(request(&s.url), b"{}")
-                .await
-                .expect("answered");
-            assert_eq!(response.status(), 204);
-            assert!(response.body().is_end_stream());
-            drop(response); // its (empty) body never polled
-        }
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_raw_request_received_but_not_answered_is_not_sent_again() {
-        let s = server(Mode::SwallowSecond).await;
-        let pool = pool();
-        assert_eq!(call_raw(&pool, &s.url).await, "ok");
-        let e = pool
-            .send_raw(request(&s.url), b"{}")
-            .await
-            .expect_err("no answer");
-        assert_eq!(e.kind, UpstreamErrorKind::Reset);
-        assert!(!e.retry_safe, "the upstream had the request");
-        assert_eq!(lock(&s.heads).len(), 2, "sent once");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "not resent elsewhere");
-    }
-
-    #[tokio::test]
-    async fn a_raw_body_dropped_before_its_end_closes_its_connection() {
-        let s = server(Mode::Large).await;
-        let pool = pool();
-        let response = pool
-            .send_raw(request(&s.url), b"{}")
-            .await
-            .expect("answered");
-        assert_eq!(response.status(), 200);
-        drop(response);
-        assert_eq!(
-            raw_idle(&pool, &s.url),
-            0,
-            "a half-read connection is not pooled"
-        );
-        assert_eq!(call_raw(&pool, &s.url).await.len(), 4 << 20);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(raw_idle(&pool, &s.url), 1);
-        assert_eq!(call_raw(&pool, &s.url).await.len(), 4 << 20);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_refused_raw_connection_is_a_connect_error_safe_to_retry() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/", listener.local_addr().expect("addr"));
-        drop(listener);
-        let e = pool()
-            .send_raw(request(&url), b"{}")
-            .await
-            .expect_err("refused");
-        assert_eq!(e.kind, UpstreamErrorKind::Connect);
-        assert!(e.retry_safe);
-    }
+    // Only the hand-driven exchange: hyper's own tests cover these for it.
 
     #[tokio::test]
     async fn raw_answers_with_bytes_after_them_or_read_to_the_close_are_not_pooled() {
@@ -1054,8 +965,8 @@ mod tests {
             let s = server(mode).await;
             let pool = pool();
             for n in 1..=3 {
-                assert_eq!(call_raw(&pool, &s.url).await, "ok");
-                assert_eq!(raw_idle(&pool, &s.url), 0);
+                assert_eq!(call(Via::Raw, &pool, &s.url).await, "ok");
+                assert_eq!(idle(Via::Raw, &pool, &s.url), 0);
                 assert_eq!(s.accepted.load(Ordering::SeqCst), n);
             }
         }
@@ -1066,10 +977,10 @@ mod tests {
         for mode in [Mode::CutShort, Mode::BadChunk] {
             let s = server(mode).await;
             let pool = pool();
-            let response = pool.send_raw(request(&s.url), b"{}").await.expect("a head");
+            let response = send(Via::Raw, &pool, &s.url).await.expect("a head");
             assert_eq!(response.status(), 200);
             assert!(response.into_body().collect().await.is_err());
-            assert_eq!(raw_idle(&pool, &s.url), 0);
+            assert_eq!(idle(Via::Raw, &pool, &s.url), 0);
         }
     }
 
@@ -1095,18 +1006,13 @@ mod tests {
                 let _ = stream.write_all(&ANSWER[split..]).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             });
-            let response = pool.send_raw(request(&url), b"{}").await.expect("answered");
+            let response = send(Via::Raw, &pool, &url).await.expect("answered");
             assert_eq!(response.status(), 200, "split at {split}");
             assert_eq!(response.headers()["x-model"], "m");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+            let body = body_of(response).await;
             assert_eq!(body, "hello world", "split at {split}");
             assert_eq!(
-                raw_idle(&pool, &url),
+                idle(Via::Raw, &pool, &url),
                 1,
                 "split at {split}: read to its end"
             );
@@ -1135,21 +1041,25 @@ mod tests {
     async fn closed_idle_connections_are_swept() {
         let s = server(Mode::CloseAfterAnswer).await;
         let pool = pool();
-        assert_eq!(call_raw(&pool, &s.url).await, "ok");
-        assert_eq!(raw_idle(&pool, &s.url), 1);
+        assert_eq!(call(Via::Raw, &pool, &s.url).await, "ok");
+        assert_eq!(idle(Via::Raw, &pool, &s.url), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
         sweep(&pool.hosts);
-        assert_eq!(raw_idle(&pool, &s.url), 0, "the server's close was seen");
+        assert_eq!(
+            idle(Via::Raw, &pool, &s.url),
+            0,
+            "the server's close was seen"
+        );
 
         let s = server(Mode::KeepAlive).await;
-        assert_eq!(call_raw(&pool, &s.url).await, "ok");
+        assert_eq!(call(Via::Raw, &pool, &s.url).await, "ok");
         sweep(&pool.hosts);
-        assert_eq!(raw_idle(&pool, &s.url), 1, "an open connection stays");
+        assert_eq!(idle(Via::Raw, &pool, &s.url), 1, "an open connection stays");
         let host = pool.host(&s.url.parse().expect("uri")).expect("host");
         let later = crate::ttl_cache::now()
             + coarsetime::Duration::from(IDLE_TIMEOUT + Duration::from_secs(1));
         host.sweep_raw(later);
-        assert_eq!(raw_idle(&pool, &s.url), 0, "aged out");
+        assert_eq!(idle(Via::Raw, &pool, &s.url), 0, "aged out");
     }
 
     #[tokio::test]
@@ -1171,12 +1081,7 @@ mod tests {
                 )
                 .await
                 .expect("answered");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+            let body = body_of(response).await;
             assert_eq!(body, "ok");
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(
