@@ -12,13 +12,13 @@ use crate::json_syntax::is_json_value;
 use crate::state::AppState;
 use crate::telemetry::metrics::{Label, ModelLabels};
 use crate::telemetry::trace::TraceContext;
-use crate::upstream::UpstreamErrorKind;
+use crate::upstream::{JsonPost, UpstreamErrorKind};
 use crate::usage::{QuotaPeriod, QuotaRefusal};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,8 +161,9 @@ async fn run(
     // per-request box, and each of those is copied whole at least once per
     // request (moved into its caller's state, then onto the heap). Boxed,
     // it is moved once, onto the heap.
+    let headers = upstream_headers(&traceparent, request_id.as_str());
     let sent = Box::pin(state.upstream.send_buffered(
-        |b| build_upstream_request(url, &traceparent, request_id.as_str(), b),
+        upstream_post(url, &headers),
         body,
         deadline,
         timeout,
@@ -518,30 +519,24 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
-pub(crate) fn build_upstream_request(
-    url: &http::Uri,
-    traceparent: &str,
-    request_id: &str,
-    body: Bytes,
-) -> Request<Body> {
-    let mut request = Request::new(Body::from(body));
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = url.clone();
-    let h = request.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+/// The `POST` of a model call: `traceparent` and `X-Request-Id` beside the
+/// JSON body.
+pub(crate) fn upstream_post<'a>(
+    url: &'a http::Uri,
+    headers: &'a [(&'a HeaderName, &'a str); 2],
+) -> JsonPost<'a> {
+    JsonPost { url, headers }
+}
+
+/// The headers of [`upstream_post`].
+pub(crate) fn upstream_headers<'a>(
+    traceparent: &'a str,
+    request_id: &'a str,
+) -> [(&'static HeaderName, &'a str); 2] {
     // Names made once, in statics: `from_static` outside a const context
     // checks its argument on every call.
     static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    if let Ok(v) = HeaderValue::from_str(traceparent) {
-        h.insert(TRACEPARENT.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(X_REQUEST_ID.clone(), v);
-    }
-    request
+    [(&TRACEPARENT, traceparent), (&X_REQUEST_ID, request_id)]
 }
 
 /// Builds the envelope around the upstream's JSON bytes without re-encoding

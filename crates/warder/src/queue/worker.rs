@@ -394,12 +394,9 @@ impl Worker {
         };
         let timeout = Duration::from_millis(target.version.timeout_ms);
         let traceparent = format!("00-{}-{}-01", job.id, SpanId::generate().to_hex());
-        let request = crate::gateway::build_upstream_request(
-            &target.upstream_uri,
-            &traceparent,
-            &job.id,
-            Bytes::from(job.input.clone()),
-        );
+        let headers = crate::gateway::upstream_headers(&traceparent, &job.id);
+        let request = crate::gateway::upstream_post(&target.upstream_uri, &headers)
+            .request(Bytes::from(job.input.clone()));
         let started = tokio::time::Instant::now();
         let response = match self.deps.upstream.send(request, timeout).await {
             Ok(r) => r,

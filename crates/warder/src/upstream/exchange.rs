@@ -32,10 +32,10 @@
 //! HTTP/1.1 without `Connection: close`.
 
 use super::pool::Host;
-use axum::body::Body;
+use super::JsonPost;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -123,24 +123,30 @@ pub(crate) enum Failure {
     Broken(String),
 }
 
-/// The request as it goes on the wire: its method, origin-form target and
-/// headers, `Host` when it has none, the body's `Content-Length`, the body.
-pub(crate) fn encode(request: &Request<Body>, host: Option<&HeaderValue>, body: &[u8]) -> Vec<u8> {
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+/// The request as it goes on the wire: `POST`, the origin-form target,
+/// `Host`, `Content-Type`, `post`'s headers (those a header may hold; never
+/// a framing one, which is this function's to write), the body's
+/// `Content-Length`, the body.
+pub(crate) fn encode(post: &JsonPost<'_>, host: Option<&HeaderValue>, body: &[u8]) -> Vec<u8> {
+    let target = post.url.path_and_query().map_or("/", |p| p.as_str());
     let mut w = Vec::with_capacity(256 + target.len() + body.len());
-    w.extend_from_slice(request.method().as_str().as_bytes());
-    w.push(b' ');
+    w.extend_from_slice(b"POST ");
     w.extend_from_slice(target.as_bytes());
     w.extend_from_slice(b" HTTP/1.1\r\n");
-    let headers = request.headers();
-    if !headers.contains_key(header::HOST) {
-        if let Some(host) = host {
-            field(&mut w, header::HOST.as_str(), host.as_bytes());
-        }
+    if let Some(host) = host {
+        field(&mut w, header::HOST.as_str(), host.as_bytes());
     }
-    for (name, value) in headers {
-        // The framing is this function's to write.
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+    field(&mut w, header::CONTENT_TYPE.as_str(), b"application/json");
+    for (name, value) in post.headers {
+        // What `HeaderValue::from_str` accepts: no control character but tab.
+        let fits = value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        let framing = **name == header::CONTENT_LENGTH
+            || **name == header::TRANSFER_ENCODING
+            || **name == header::HOST
+            || **name == header::CONTENT_TYPE;
+        if fits && !framing {
             field(&mut w, name.as_str(), value.as_bytes());
         }
     }
@@ -726,21 +732,28 @@ mod tests {
 
     #[test]
     fn requests_go_out_in_origin_form_with_their_framing() {
-        let mut r = Request::new(Body::empty());
-        *r.method_mut() = http::Method::POST;
-        *r.uri_mut() = "http://m:9000/v1/x?y=1".parse().expect("uri");
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let url = "http://m:9000/v1/x?y=1".parse().expect("uri");
+        let trace = HeaderName::from_static("traceparent");
+        let post = JsonPost {
+            url: &url,
+            headers: &[
+                (&trace, "00-ab-cd-01"),
+                (&header::CONTENT_LENGTH, "999"),
+                (&header::HOST, "elsewhere"),
+                (&header::ACCEPT, "a\r\nx-injected: 1"),
+            ],
+        };
         let host = HeaderValue::from_static("m:9000");
-        let wire = encode(&r, Some(&host), b"{}");
+        let wire = encode(&post, Some(&host), b"{}");
         assert_eq!(
             String::from_utf8(wire).expect("text"),
             "POST /v1/x?y=1 HTTP/1.1\r\nhost: m:9000\r\ncontent-type: application/json\r\n\
-             content-length: 2\r\n\r\n{}"
+             traceparent: 00-ab-cd-01\r\ncontent-length: 2\r\n\r\n{}"
         );
+        // hyper's request carries the same headers.
+        let request = post.request(Bytes::from_static(b"{}"));
+        assert_eq!(request.headers()["traceparent"], "00-ab-cd-01");
+        assert_eq!(request.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(!request.headers().contains_key(header::ACCEPT));
     }
 }

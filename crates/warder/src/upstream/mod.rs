@@ -13,7 +13,7 @@ mod pool;
 
 pub use pool::UpstreamBody;
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 /// The `Host` value for a request to `uri`: its host, and its port unless
@@ -143,33 +143,28 @@ impl UpstreamClient {
         within(deadline, timeout, self.dispatch(request)).await
     }
 
-    /// Sends a buffered request that must answer by `deadline` (`timeout`
-    /// after the call began), retrying once when the first attempt could
-    /// not connect. `build` makes a fresh request for each attempt.
+    /// Sends a JSON `POST` with a buffered body that must answer by
+    /// `deadline` (`timeout` after the call began), retrying once when the
+    /// first attempt could not connect.
     ///
-    /// A `POST` of at most [`exchange::MAX_BODY`] bytes to an `http://`
-    /// upstream goes through the hand-driven exchange ([`exchange`]);
-    /// anything else through hyper.
+    /// At most [`exchange::MAX_BODY`] bytes to an `http://` upstream go
+    /// through the hand-driven exchange ([`exchange`]), which writes the
+    /// request straight from `post`; anything else through hyper.
     pub async fn send_buffered(
         &self,
-        build: impl Fn(Bytes) -> Request<Body>,
+        post: JsonPost<'_>,
         body: Bytes,
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut raw = None;
+        let raw = post.url.scheme() == Some(&Scheme::HTTP) && body.len() <= exchange::MAX_BODY;
         let mut retried = false;
         loop {
-            let request = build(body.clone());
-            let raw = *raw.get_or_insert_with(|| {
-                request.uri().scheme() == Some(&Scheme::HTTP)
-                    && request.method() == Method::POST
-                    && body.len() <= exchange::MAX_BODY
-            });
             let sent = if raw {
-                within(deadline, timeout, self.plain.send_raw(request, &body)).await
+                within(deadline, timeout, self.plain.send_raw(&post, &body)).await
             } else {
-                self.send_until(request, deadline, timeout).await
+                self.send_until(post.request(body.clone()), deadline, timeout)
+                    .await
             };
             match sent {
                 Err(e) if e.retry_safe && !retried => {
@@ -181,6 +176,37 @@ impl UpstreamClient {
                 other => return other,
             }
         }
+    }
+}
+
+/// A JSON `POST` to a model: where it goes, and its headers besides
+/// `Content-Type: application/json` (and `Host`, `Content-Length`).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonPost<'a> {
+    /// The absolute URL.
+    pub url: &'a Uri,
+    /// Names and values; a value that cannot stand in a header (a control
+    /// character) is left out.
+    pub headers: &'a [(&'a HeaderName, &'a str)],
+}
+
+impl JsonPost<'_> {
+    /// The request for hyper's client.
+    pub fn request(&self, body: Bytes) -> Request<Body> {
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url.clone();
+        let h = request.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert((*name).clone(), v);
+            }
+        }
+        request
     }
 }
 

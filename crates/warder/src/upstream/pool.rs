@@ -36,7 +36,7 @@
 //! sockets open.
 
 use super::exchange::{self, BoxError, Failure, RawBody, RawConn};
-use super::{error_chain, UpstreamError, UpstreamErrorKind};
+use super::{error_chain, JsonPost, UpstreamError, UpstreamErrorKind};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -247,19 +247,16 @@ impl Http1Pool {
         Ok(host)
     }
 
-    /// Sends a buffered `POST` (at most [`exchange::MAX_BODY`] bytes of
-    /// `body`; `request` gives the rest, its own body is not sent) through
-    /// the hand-driven exchange, on a pooled or new connection. Fails as
-    /// [`Http1Pool::send`] does.
+    /// Sends `post` with `body` (at most [`exchange::MAX_BODY`] bytes)
+    /// through the hand-driven exchange, on a pooled or new connection.
+    /// Fails as [`Http1Pool::send`] does.
     pub(crate) async fn send_raw(
         &self,
-        request: Request<Body>,
+        post: &JsonPost<'_>,
         body: &[u8],
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let host = self.host(request.uri())?;
-        let wire = exchange::encode(&request, host.host_header.as_ref(), body);
-        // Not held across the awaits below: a `Body` is not `Sync`.
-        drop(request);
+        let host = self.host(post.url)?;
+        let wire = exchange::encode(post, host.host_header.as_ref(), body);
         loop {
             let (conn, reused) = match host.checkout_raw() {
                 Some(conn) => (conn, true),
@@ -721,7 +718,14 @@ mod tests {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match via {
             Via::Hyper => pool.send(request(url)).await,
-            Via::Raw => pool.send_raw(request(url), b"{}").await,
+            Via::Raw => {
+                let url = url.parse().expect("uri");
+                let post = JsonPost {
+                    url: &url,
+                    headers: &[],
+                };
+                pool.send_raw(&post, b"{}").await
+            }
         }
     }
 
@@ -1072,9 +1076,14 @@ mod tests {
             .expect("host");
         for (size, raw) in [(exchange::MAX_BODY, true), (exchange::MAX_BODY + 1, false)] {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let url = s.url.parse().expect("uri");
+            let post = JsonPost {
+                url: &url,
+                headers: &[],
+            };
             let response = client
                 .send_buffered(
-                    |b| request_with(&s.url, Body::from(b)),
+                    post,
                     Bytes::from(vec![b' '; size]),
                     deadline,
                     Duration::from_secs(5),
