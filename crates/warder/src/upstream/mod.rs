@@ -202,12 +202,26 @@ impl JsonPost<'_> {
             HeaderValue::from_static("application/json"),
         );
         for (name, value) in self.headers {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert((*name).clone(), v);
+            if sendable(name, value) {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    h.append((*name).clone(), v);
+                }
             }
         }
         request
     }
+}
+
+/// Whether a [`JsonPost`] header goes out: its value can stand in a header
+/// (what `HeaderValue::from_str` accepts: no control character but tab),
+/// and it is none of those the client writes itself (`Host`,
+/// `Content-Type` and the framing).
+fn sendable(name: &HeaderName, value: &str) -> bool {
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && ![CONTENT_LENGTH, TRANSFER_ENCODING, HOST, CONTENT_TYPE].contains(name)
 }
 
 /// `call`, failing with a timeout at `deadline`; `timeout` is what the error
