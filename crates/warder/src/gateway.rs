@@ -163,7 +163,10 @@ async fn run(
     // it is moved once, onto the heap.
     let headers = upstream_headers(&traceparent, request_id.as_str());
     let sent = Box::pin(state.upstream.send_buffered(
-        upstream_post(url, &headers),
+        JsonPost {
+            url,
+            headers: &headers,
+        },
         body,
         deadline,
         timeout,
@@ -519,16 +522,8 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
-/// The `POST` of a model call: `traceparent` and `X-Request-Id` beside the
-/// JSON body.
-pub(crate) fn upstream_post<'a>(
-    url: &'a http::Uri,
-    headers: &'a [(&'a HeaderName, &'a str); 2],
-) -> JsonPost<'a> {
-    JsonPost { url, headers }
-}
-
-/// The headers of [`upstream_post`].
+/// The headers of a model call's `POST` ([`JsonPost`]) beside its JSON body:
+/// `traceparent` and `X-Request-Id`.
 pub(crate) fn upstream_headers<'a>(
     traceparent: &'a str,
     request_id: &'a str,

@@ -395,8 +395,11 @@ impl Worker {
         let timeout = Duration::from_millis(target.version.timeout_ms);
         let traceparent = format!("00-{}-{}-01", job.id, SpanId::generate().to_hex());
         let headers = crate::gateway::upstream_headers(&traceparent, &job.id);
-        let request = crate::gateway::upstream_post(&target.upstream_uri, &headers)
-            .request(Bytes::from(job.input.clone()));
+        let post = crate::upstream::JsonPost {
+            url: &target.upstream_uri,
+            headers: &headers,
+        };
+        let request = post.request(Bytes::from(job.input.clone()));
         let started = tokio::time::Instant::now();
         let response = match self.deps.upstream.send(request, timeout).await {
             Ok(r) => r,
