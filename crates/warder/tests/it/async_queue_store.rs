@@ -585,9 +585,12 @@ async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) 
     assert_eq!(first.lease_owner, None);
     assert_eq!(first.attempts, 0);
 
-    // Another worker's claim takes only the queued job.
+    // Another worker's claim takes only the queued job. A job is ready from
+    // its creation, which `job()` stamps after `now`: the claim looks at a
+    // later clock.
+    let claim_at = Timestamp::now();
     let claimed = store
-        .claim_jobs("w-other", now, Timestamp(now.0 + 60_000), 10)
+        .claim_jobs("w-other", claim_at, Timestamp(claim_at.0 + 60_000), 10)
         .await
         .expect("claim");
     let ids: Vec<&str> = claimed.iter().map(|l| l.job.id.as_str()).collect();
