@@ -1,9 +1,12 @@
 //! The accept loop of a listener: HTTP/1.1 and HTTP/2, `TCP_NODELAY`, a
 //! header read timeout and graceful draining.
 //!
-//! Written on hyper-util directly because `axum::serve` exposes neither a
-//! header read timeout nor per-connection socket options. What it serves is
-//! a tower service: an axum router, or on the public listener
+//! Each connection starts in [`h1`], which serves plain HTTP/1.1 requests by
+//! hand; the first request it does not take, and the rest of the
+//! connection, go to hyper-util's server (HTTP/1.1 or HTTP/2), written on
+//! hyper-util directly because `axum::serve` exposes neither a header read
+//! timeout nor per-connection socket options. What both serve is a tower
+//! service: an axum router, or on the public listener
 //! [`crate::http::hot::PublicService`] (the predict fast path, then the
 //! router).
 
@@ -20,11 +23,13 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::Service;
+
+mod h1;
 
 /// How a listener serves connections.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +63,8 @@ pub async fn serve<M, S>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
+    // Shared by the connections that hyper serves (see `h1`).
+    let builder = Arc::new(builder);
     let drain = Drain::default();
     tokio::pin!(shutdown);
     loop {
@@ -76,15 +83,19 @@ pub async fn serve<M, S>(
         };
         let _ = stream.set_nodelay(true);
         let inner = service_for(peer);
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                inner.clone().call(req.map(Body::new))
-            });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watch = drain.watch();
+        let mut watch = drain.watch();
+        let builder = builder.clone();
         tokio::spawn(async move {
+            let io = match h1::serve(stream, &inner, &mut watch, options.header_read_timeout).await
+            {
+                h1::Ended::Closed => return,
+                h1::Ended::HandOver(io) => io,
+            };
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    inner.clone().call(req.map(Body::new))
+                });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(e) = watch.serve(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -130,6 +141,8 @@ struct DrainShared {
 struct Watch {
     shared: Arc<DrainShared>,
     id: u64,
+    /// Its task's waker is in `live`.
+    registered: bool,
 }
 
 impl DrainShared {
@@ -147,6 +160,7 @@ impl Drain {
         Watch {
             shared: self.shared.clone(),
             id,
+            registered: false,
         }
     }
 
@@ -169,25 +183,28 @@ impl Drain {
 }
 
 impl Watch {
+    /// Whether the drain has begun; the first call leaves the task's waker
+    /// to be woken when it begins.
+    fn draining(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.registered {
+            // Left before the flag is read: a drain that begins meanwhile
+            // either finds this waker or is seen by the read (a task's
+            // wakers all wake the same task, and a connection keeps to one).
+            self.shared.live().insert(self.id, Some(cx.waker().clone()));
+            self.registered = true;
+        }
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
     /// Runs `conn` to its end, shutting it down gracefully once the drain
     /// begins.
-    async fn serve<C: GracefulConnection>(self, conn: C) -> C::Output {
+    async fn serve<C: GracefulConnection>(mut self, conn: C) -> C::Output {
         let mut conn = pin!(conn);
-        let mut registered = false;
         let mut told = false;
         std::future::poll_fn(|cx| {
-            if !told {
-                if !registered {
-                    // Left before the flag is read: a drain that begins
-                    // meanwhile either finds this waker or is seen by the
-                    // read (a task's wakers all wake the same task).
-                    self.shared.live().insert(self.id, Some(cx.waker().clone()));
-                    registered = true;
-                }
-                if self.shared.draining.load(Ordering::Acquire) {
-                    told = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+            if !told && self.draining(cx) {
+                told = true;
+                conn.as_mut().graceful_shutdown();
             }
             conn.as_mut().poll(cx)
         })

@@ -1,0 +1,573 @@
+//! HTTP/1.1 by hand for the plain requests a listener gets, and hyper for
+//! everything else on the same connection.
+//!
+//! Why by hand: in `bench/`, hyper's server connection (its dispatcher,
+//! head parsing and writing, the body channel and the buffered I/O around
+//! them) cost about a third of warder's instructions per predict
+//! (callgrind), and the bare stack it is part of alone cost more CPU per
+//! request than nginx on the benchmark's hosts. A proxy written on tokio
+//! with the request and answer read and written by hand cost a fifth of
+//! that in user space. This module serves the requests whose framing is
+//! plain and leaves the rest of HTTP to hyper:
+//!
+//! - it takes a request that is `HTTP/1.1`, not `HEAD` or `CONNECT`, in
+//!   origin form, with at most [`MAX_HEADERS`] headers in at most
+//!   [`MAX_HEAD`] bytes, with at most one `Content-Length` of at most
+//!   [`MAX_BODY`] bytes (or none: no body), and with no `Transfer-Encoding`,
+//!   `Expect` or `Upgrade`;
+//! - the first request it does not take, and the bytes read of it, go to
+//!   hyper-util's server for the rest of the connection (a malformed
+//!   request, HTTP/1.0, a chunked or large body, `100-continue`, an
+//!   upgrade, HTTP/2's preface), so hyper answers those exactly as before.
+//!
+//! What hyper's server did for these requests, this does too:
+//! - answers in order, pipelined requests included, and keeps the
+//!   connection open unless the request or the answer says `close`;
+//! - closes a connection that has not sent a whole head within the header
+//!   read timeout (`408` when part of one came), idle ones included;
+//! - ends a request whose caller hangs up while it runs: its future is
+//!   dropped, as hyper drops it;
+//! - closes an idle connection at once when the drain begins, and any other
+//!   after the answer in flight;
+//! - adds `Date`; frames the answer with `Content-Length` when its size is
+//!   known (from the body, or from a `Content-Length` the service set, which
+//!   the body must then match) and with chunked coding otherwise; writes no
+//!   body for `204` and `304`.
+
+use super::Watch;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tower::Service;
+
+/// Headers a request taken here may have (hyper's limit is 100).
+pub(super) const MAX_HEADERS: usize = 64;
+/// The size of a head taken here (hyper reads up to about 400 KiB).
+pub(super) const MAX_HEAD: usize = 16 * 1024;
+/// The body a request taken here may have: it is read whole before the
+/// service runs. Larger bodies are streamed by hyper.
+pub(super) const MAX_BODY: usize = 64 * 1024;
+/// What one read asks the socket for, at least.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How a connection left this module.
+pub(super) enum Ended {
+    /// Closed (or to be closed): nothing more to do.
+    Closed,
+    /// A request this does not take: the socket, with what was read of it,
+    /// for hyper.
+    HandOver(Prefixed),
+}
+
+/// Serves `stream` until it closes, the drain ends it, or a request comes
+/// that hyper must answer.
+pub(super) async fn serve<S>(
+    mut stream: TcpStream,
+    service: &S,
+    watch: &mut Watch,
+    header_read_timeout: Duration,
+) -> Ended
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut timer = pin!(tokio::time::sleep(header_read_timeout));
+    loop {
+        // A whole head, or the reason there is none.
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + header_read_timeout);
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&buf) {
+                    Parse::Plain(head) => break head,
+                    Parse::Partial if buf.len() < MAX_HEAD => {}
+                    Parse::Partial | Parse::Other => {
+                        return Ended::HandOver(Prefixed::new(buf.freeze(), stream));
+                    }
+                }
+            }
+            match wait_for_head(&mut stream, &mut buf, timer.as_mut(), watch).await {
+                Wait::Read => {}
+                Wait::TimedOut if !buf.is_empty() => {
+                    let _ = stream.write_all(TIMED_OUT).await;
+                    return Ended::Closed;
+                }
+                Wait::TimedOut | Wait::Drained | Wait::Closed => return Ended::Closed,
+            }
+        };
+        // Its body.
+        while buf.len() < head.len + head.body_len {
+            buf.reserve(head.len + head.body_len - buf.len());
+            match tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) => return Ended::Closed,
+                Ok(_) => {}
+            }
+        }
+        let close = head.close;
+        let request = match head.into_request(&mut buf) {
+            Ok(request) => request,
+            Err(taken) => {
+                // A target `Uri` refuses: hyper answers it (400).
+                let mut all = BytesMut::from(&taken[..]);
+                all.extend_from_slice(&buf);
+                return Ended::HandOver(Prefixed::new(all.freeze(), stream));
+            }
+        };
+        let call = service.clone().call(request);
+        let Some(response) = run_watching(call, &stream, &mut buf).await else {
+            // The caller hung up: nobody to answer.
+            return Ended::Closed;
+        };
+        let keep = !close && !draining(watch).await;
+        match write_response(&mut stream, &mut out, response, keep).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Ended::Closed,
+        }
+    }
+}
+
+/// The answer to a head that did not arrive in time.
+const TIMED_OUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// What waiting for more of a head ended with.
+enum Wait {
+    Read,
+    TimedOut,
+    Drained,
+    Closed,
+}
+
+/// Reads more of a head into `buf`, unless the header read timeout passes,
+/// the drain begins while nothing of a request has come, or the caller
+/// closes.
+async fn wait_for_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    watch: &mut Watch,
+) -> Wait {
+    buf.reserve(READ_CHUNK);
+    std::future::poll_fn(|cx| {
+        if buf.is_empty() && watch.draining(cx) {
+            return Poll::Ready(Wait::Drained);
+        }
+        match read_some(stream, buf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Wait::Closed),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Wait::Read),
+            Poll::Pending => {}
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wait::TimedOut);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One read into the spare capacity of `buf`.
+fn read_some(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// Whether the drain has begun (without waiting for it).
+async fn draining(watch: &mut Watch) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(watch.draining(cx))).await
+}
+
+/// Runs the service's future; `None` when the caller closes its side first
+/// (the future is then dropped, cancelling what it was doing). Bytes that
+/// arrive meanwhile (a pipelined request) are kept in `buf`, and from then on
+/// the socket is no longer watched, as hyper does.
+async fn run_watching<F>(call: F, stream: &TcpStream, buf: &mut BytesMut) -> Option<Response>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    let mut call = pin!(call);
+    let mut watching = buf.is_empty();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        if watching {
+            buf.reserve(READ_CHUNK);
+            match read_some(stream, buf, cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A request head this module takes, as offsets into the read buffer.
+struct Head {
+    /// Bytes of the head, up to and including its blank line.
+    len: usize,
+    method: Method,
+    target: Range<usize>,
+    headers: Vec<(HeaderName, Range<usize>)>,
+    body_len: usize,
+    /// The request asked to close the connection after its answer.
+    close: bool,
+}
+
+enum Parse {
+    Plain(Head),
+    Partial,
+    /// Malformed, or a request hyper must answer.
+    Other,
+}
+
+fn parse(buf: &[u8]) -> Parse {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Other,
+    };
+    let offset = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + part.len()
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parse::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parse::Other;
+    };
+    if method == Method::HEAD || method == Method::CONNECT || !target.starts_with('/') {
+        return Parse::Other;
+    }
+    let mut head = Head {
+        len,
+        method,
+        target: offset(target.as_bytes()),
+        headers: Vec::with_capacity(request.headers.len()),
+        body_len: 0,
+        close: false,
+    };
+    let mut length_seen = false;
+    for h in request.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parse::Other;
+        };
+        if name == header::CONTENT_LENGTH {
+            match content_length(h.value) {
+                Some(n) if !length_seen && n <= MAX_BODY => head.body_len = n,
+                _ => return Parse::Other,
+            }
+            length_seen = true;
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+        {
+            return Parse::Other;
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parse::Other;
+                }
+            }
+        }
+        head.headers.push((name, offset(h.value)));
+    }
+    Parse::Plain(head)
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no list).
+fn content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+impl Head {
+    /// The request, its head and body split off the front of `buf`; or, when
+    /// its target or a header value is one `http` refuses, the bytes taken.
+    fn into_request(self, buf: &mut BytesMut) -> Result<Request, Bytes> {
+        let head = buf.split_to(self.len + self.body_len).freeze();
+        let Ok(uri) = Uri::from_maybe_shared(head.slice(self.target)) else {
+            return Err(head);
+        };
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            match HeaderValue::from_maybe_shared(head.slice(value)) {
+                Ok(value) => headers.append(name, value),
+                Err(_) => return Err(head),
+            };
+        }
+        let body = if self.body_len == 0 {
+            Body::empty()
+        } else {
+            Body::from(head.slice(self.len..))
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+/// Writes `response`, framed, with `Date` and, unless `keep`, `connection:
+/// close`. `Ok(false)` when the connection must close after it.
+async fn write_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: Response,
+    keep: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let keep = keep && !wants_close(headers);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONNECTION && !keep {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        out.extend_from_slice(b"\r\n");
+        stream.write_all(out).await?;
+        return Ok(keep);
+    }
+    let declared = match declared_length(headers) {
+        Ok(declared) => declared,
+        // Conflicting lengths from the service: nothing sound to send.
+        Err(()) => return Ok(false),
+    };
+    let length = http_body::Body::size_hint(&body).exact().or(declared);
+    match length {
+        Some(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n\r\n");
+            let mut left = length;
+            while let Some(data) = next_data(stream, out, &mut body).await? {
+                let Some(rest) = left.checked_sub(data.len() as u64) else {
+                    // More than announced: the answer cannot be framed.
+                    return Ok(false);
+                };
+                left = rest;
+                out.extend_from_slice(&data);
+            }
+            if left != 0 {
+                // Less than announced: the caller learns it from the close.
+                stream.write_all(out).await?;
+                return Ok(false);
+            }
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            while let Some(data) = next_data(stream, out, &mut body).await? {
+                if data.is_empty() {
+                    continue;
+                }
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    stream.write_all(out).await?;
+    Ok(keep)
+}
+
+/// The next data of `body` (trailers are dropped, as hyper drops them on
+/// HTTP/1.1 without `TE: trailers`). What `out` holds is written first when
+/// the body must be waited for, or when it has grown large. A body that
+/// fails ends the answer: the error is returned, and the connection closes.
+async fn next_data(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    body: &mut Body,
+) -> io::Result<Option<Bytes>> {
+    loop {
+        if out.len() >= MAX_BODY {
+            stream.write_all(out).await?;
+            out.clear();
+        }
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                stream.write_all(out).await?;
+                out.clear();
+                body.frame().await
+            }
+        };
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// A `Content-Length` the service set: `Ok(None)` when there is none, an
+/// error when there are several that differ or one is not a number.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n = content_length(value.as_bytes()).ok_or(())? as u64;
+        if found.is_some_and(|f| f != n) {
+            return Err(());
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+/// The answer's own `Connection: close`.
+fn wants_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// Appends the current time as an HTTP date, formatted once a second.
+fn push_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// The socket for hyper, with the bytes already read of it in front.
+///
+/// Why by hand: hyper-util's `Rewind`, which does this for its own
+/// protocol detection, is not public.
+pub(super) struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    pub(super) fn new(prefix: Bytes, io: TcpStream) -> Prefixed {
+        Prefixed { prefix, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            let taken = self.prefix.split_to(n);
+            out.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
