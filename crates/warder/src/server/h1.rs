@@ -355,27 +355,37 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let headers = &parts.headers;
-    let keep = keep && !wants_close(headers);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+    // One pass: the framing and connection headers are this module's to
+    // write; what the service said in them is noted on the way.
+    let mut dated = false;
+    let mut close = false;
+    let mut declared = Ok(None);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            declared = declared.and_then(|found| same_length(found, value));
             continue;
         }
-        if name == header::CONNECTION && !keep {
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
+        if name == header::CONNECTION {
+            close |= has_close(value.as_bytes());
+            continue;
+        }
+        dated |= name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    let keep = keep && !close;
+    if !dated {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -391,10 +401,9 @@ async fn write_response(
         stream.write_all(out).await?;
         return Ok(keep);
     }
-    let declared = match declared_length(headers) {
-        Ok(declared) => declared,
+    let Ok(declared) = declared else {
         // Conflicting lengths from the service: nothing sound to send.
-        Err(()) => return Ok(false),
+        return Ok(false);
     };
     let length = http_body::Body::size_hint(&body).exact().or(declared);
     match length {
@@ -468,27 +477,21 @@ async fn next_data(
     }
 }
 
-/// A `Content-Length` the service set: `Ok(None)` when there is none, an
-/// error when there are several that differ or one is not a number.
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = content_length(value.as_bytes()).ok_or(())? as u64;
-        if found.is_some_and(|f| f != n) {
-            return Err(());
-        }
-        found = Some(n);
+/// The `Content-Length` the service set so far, with one more value of it:
+/// an error when it is not a number or differs from an earlier one.
+fn same_length(found: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+    let n = content_length(value.as_bytes()).ok_or(())? as u64;
+    match found {
+        Some(f) if f != n => Err(()),
+        _ => Ok(Some(n)),
     }
-    Ok(found)
 }
 
-/// The answer's own `Connection: close`.
-fn wants_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+/// A `Connection` value with the `close` option.
+fn has_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// Appends the current time as an HTTP date, formatted once a second.
