@@ -272,7 +272,7 @@ class Bench:
             self.unavailable["floor"] = ("skipped (--skip floor)" if "floor" in a.skip
                                          else "no --bare-proxy binary given")
         else:
-            self.say("starting the bare hyper proxy (floor)")
+            self.say("starting the bare tokio proxy (floor)")
             try:
                 fl = start_bare_proxy(self.procs, a.bare_proxy, a.sut_core, self.tmp,
                                       self.upstream)

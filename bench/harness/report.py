@@ -199,7 +199,9 @@ def limits(fig, cores, host_wake=None):
             f"stack {_f(rf)} at {floor:.1f} µs; warder did {w['rps']:.0f} at "
             f"{w['cpu_ms_per_1k']:.1f} µs. As fast as nginx means costing no more CPU than "
             f"nginx, with authentication, rate limiting, metrics and the log line on; the "
-            f"bare stack alone already costs {floor / nginx:.2f}× nginx's CPU.")
+            f"bare stack alone costs {floor / nginx:.2f}× nginx's CPU"
+            + (f", which leaves {nginx - floor:.1f} µs per request for all of that."
+               if floor < nginx else ", before any of that."))
     split = {n: ((c.get(n) or {}).get("cpu_ms_per_1k"), (c.get(n) or {}).get("kernel_ms_per_1k"))
              for n in ("nginx", "floor", "warder")}
     if all(t is not None and k is not None for t, k in split.values()):
@@ -209,9 +211,9 @@ def limits(fig, cores, host_wake=None):
             f"{kn:.1f} µs per request, the bare stack {kf:.1f} and warder {kw:.1f}; in user "
             f"space nginx {tn - kn:.1f}, the bare stack {tf - kf:.1f} and warder {tw - kw:.1f}. "
             f"To cost what nginx costs, warder's user space would have to fit in "
-            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs of the bare stack (hyper's "
-            f"server and hyper-util's client; warder's sync predicts use hyper's server and "
-            f"an upstream exchange of their own, ARCHITECTURE.md decision (l))."
+            f"{tn - kw:.1f} µs, against the {tf - kf:.1f} µs of the bare stack (tokio and "
+            f"HTTP/1.1 by hand on both sides, as warder's sync predicts: ARCHITECTURE.md "
+            f"decisions (l) and (m))."
             + _syscalls(fig.get("syscalls") or {}))
     elif fig.get("syscalls"):
         out.append(_syscalls(fig["syscalls"]).strip())

@@ -154,14 +154,14 @@ def start_nginx(procs, binary, core, tmp, upstream, access_log=True):
     return svc
 
 
-FLOOR_LABEL = "bare hyper proxy (stack floor: no auth, limits, metrics or log)"
+FLOOR_LABEL = "bare tokio proxy (stack floor: no auth, limits, metrics or log)"
 
 
 def start_bare_proxy(procs, binary, core, tmp, upstream):
-    """bench-upstream's `bare-proxy`: the stack warder's server is built on (tokio,
-    hyper server) with hyper-util's pooled client, and nothing of warder's own
-    on top: what any gateway on this stack and client pays. (warder's sync
-    predicts skip hyper's client: ARCHITECTURE.md, decision (l).)"""
+    """bench-upstream's `bare-proxy`: the stack warder's sync predicts run on
+    (tokio, HTTP/1.1 read and written by hand on both sides: ARCHITECTURE.md,
+    decisions (l) and (m)), and nothing of warder's own on top: what any
+    gateway built this way pays."""
     out_path = os.path.join(tmp, "bare-proxy.out")
     port = free_port()
     with open(out_path, "wb") as out:
