@@ -25,8 +25,9 @@
 //!   connection open unless the request or the answer says `close`;
 //! - closes a connection that has not sent a whole head within the header
 //!   read timeout (`408` when part of one came), idle ones included;
-//! - ends a request whose caller hangs up while it runs: its future is
-//!   dropped, as hyper drops it;
+//! - ends a request whose caller hangs up while it runs, or while its
+//!   answer waits for more of the body: its future or body is dropped, as
+//!   hyper drops them;
 //! - closes an idle connection at once when the drain begins, and any other
 //!   after the answer in flight;
 //! - adds `Date`; frames the answer with `Content-Length` when its size is
@@ -42,6 +43,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::future::Future;
@@ -135,7 +137,7 @@ where
             return Ended::Closed;
         };
         let keep = !close && !draining(watch).await;
-        match write_response(&mut stream, &mut out, response, keep).await {
+        match write_response(&mut stream, &mut buf, &mut out, response, keep).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ended::Closed,
         }
@@ -202,9 +204,7 @@ async fn draining(watch: &mut Watch) -> bool {
 }
 
 /// Runs the service's future; `None` when the caller closes its side first
-/// (the future is then dropped, cancelling what it was doing). Bytes that
-/// arrive meanwhile (a pipelined request) are kept in `buf`, and from then on
-/// the socket is no longer watched, as hyper does.
+/// (the future is then dropped, cancelling what it was doing).
 async fn run_watching<F>(call: F, stream: &TcpStream, buf: &mut BytesMut) -> Option<Response>
 where
     F: Future<Output = Result<Response, Infallible>>,
@@ -215,17 +215,36 @@ where
         if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
-        if watching {
-            buf.reserve(READ_CHUNK);
-            match read_some(stream, buf, cx) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(_)) => watching = false,
-                Poll::Pending => {}
-            }
+        if caller_gone(stream, buf, &mut watching, cx) {
+            return Poll::Ready(None);
         }
         Poll::Pending
     })
     .await
+}
+
+/// Whether the caller has closed its side, watched while its request runs
+/// or its answer waits for the body. Bytes that arrive meanwhile (a
+/// pipelined request) are kept in `buf`, and from then on the socket is no
+/// longer watched (`watching` turns false), as hyper does.
+fn caller_gone(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    watching: &mut bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    if !*watching {
+        return false;
+    }
+    buf.reserve(READ_CHUNK);
+    match read_some(stream, buf, cx) {
+        Poll::Ready(Ok(0) | Err(_)) => true,
+        Poll::Ready(Ok(_)) => {
+            *watching = false;
+            false
+        }
+        Poll::Pending => false,
+    }
 }
 
 /// A request head this module takes, as offsets into the read buffer.
@@ -349,6 +368,7 @@ impl Head {
 /// close`. `Ok(false)` when the connection must close after it.
 async fn write_response(
     stream: &mut TcpStream,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     response: Response,
     keep: bool,
@@ -412,7 +432,7 @@ async fn write_response(
             out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
             out.extend_from_slice(b"\r\n\r\n");
             let mut left = length;
-            while let Some(data) = next_data(stream, out, &mut body).await? {
+            while let Some(data) = next_data(stream, buf, out, &mut body).await? {
                 let Some(rest) = left.checked_sub(data.len() as u64) else {
                     // More than announced: the answer cannot be framed.
                     return Ok(false);
@@ -428,7 +448,7 @@ async fn write_response(
         }
         None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            while let Some(data) = next_data(stream, out, &mut body).await? {
+            while let Some(data) = next_data(stream, buf, out, &mut body).await? {
                 if data.is_empty() {
                     continue;
                 }
@@ -449,6 +469,7 @@ async fn write_response(
 /// fails ends the answer: the error is returned, and the connection closes.
 async fn next_data(
     stream: &mut TcpStream,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     body: &mut Body,
 ) -> io::Result<Option<Bytes>> {
@@ -462,7 +483,18 @@ async fn next_data(
             None => {
                 stream.write_all(out).await?;
                 out.clear();
-                body.frame().await
+                // A body that stalls must not outlive its caller.
+                let mut watching = buf.is_empty();
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                        return Poll::Ready(Ok(frame));
+                    }
+                    if caller_gone(stream, buf, &mut watching, cx) {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionAborted)));
+                    }
+                    Poll::Pending
+                })
+                .await?
             }
         };
         match frame {

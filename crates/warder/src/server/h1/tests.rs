@@ -42,6 +42,7 @@ impl Drop for DropCount {
 /// - `/empty`: `204`;
 /// - `/close`: `200` with `Connection: close`;
 /// - `/slow`: after 300 ms;
+/// - `/stall`: one chunk, then never another (counts the drop of its body);
 /// - `/never`: never (counts the drop of its future).
 async fn answer(seen: Arc<Seen>, req: Request) -> Result<Response, Infallible> {
     let path = req.uri().path().to_owned();
@@ -101,6 +102,17 @@ async fn answer(seen: Arc<Seen>, req: Request) -> Result<Response, Infallible> {
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Response::new(Body::from("late"))
+        }
+        "/stall" => {
+            let guard = DropCount(seen, false);
+            let frames = futures::stream::unfold((true, guard), |(first, guard)| async move {
+                if !first {
+                    std::future::pending::<()>().await;
+                }
+                let frame = http_body::Frame::data(Bytes::from_static(b"first"));
+                Some((Ok::<_, Infallible>(frame), (false, guard)))
+            });
+            Response::new(Body::new(http_body_util::StreamBody::new(frames)))
         }
         "/never" => {
             let mut guard = DropCount(seen, false);
@@ -465,6 +477,26 @@ async fn a_caller_that_hangs_up_cancels_its_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the request's future outlived its caller");
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_during_a_stalled_answer_ends_it() {
+    let server = start(Duration::from_secs(10)).await;
+    let mut c = Client::connect(server.addr).await;
+    c.send(&post("/stall", "", "")).await;
+    while !c.buf.windows(5).any(|w| w == b"first") {
+        assert!(c.fill().await, "the first chunk");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.seen.dropped.load(Ordering::SeqCst), 0);
+    drop(c);
+    for _ in 0..100 {
+        if server.seen.dropped.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the answer's body outlived its caller");
 }
 
 #[tokio::test]
