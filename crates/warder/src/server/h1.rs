@@ -24,7 +24,8 @@
 //! - answers in order, pipelined requests included, and keeps the
 //!   connection open unless the request or the answer says `close`;
 //! - closes a connection that has not sent a whole head within the header
-//!   read timeout (`408` when part of one came), idle ones included;
+//!   read timeout, idle ones included (hyper closed without a word; here a
+//!   connection with part of a head gets a `408` first);
 //! - ends a request whose caller hangs up while it runs, or while its
 //!   answer waits for more of the body: its future or body is dropped, as
 //!   hyper drops them;
@@ -95,6 +96,11 @@ where
             .as_mut()
             .reset(tokio::time::Instant::now() + header_read_timeout);
         let head = loop {
+            if buf.iter().all(|&b| b == b'\r' || b == b'\n') {
+                // Empty lines before a request line are ignored (RFC 9112
+                // §2.2): they are not part of a head.
+                buf.clear();
+            }
             if !buf.is_empty() {
                 match parse(&buf) {
                     Parse::Plain(head) => break head,
@@ -140,6 +146,10 @@ where
         match write_response(&mut stream, &mut buf, &mut out, response, keep).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ended::Closed,
+        }
+        if out.capacity() > MAX_BODY {
+            // One large answer does not keep its buffer for the connection.
+            out = Vec::with_capacity(READ_CHUNK);
         }
     }
 }
@@ -421,11 +431,11 @@ async fn write_response(
         stream.write_all(out).await?;
         return Ok(keep);
     }
-    let Ok(declared) = declared else {
-        // Conflicting lengths from the service: nothing sound to send.
-        return Ok(false);
-    };
-    let length = http_body::Body::size_hint(&body).exact().or(declared);
+    // The body's own size first; else a length the service set, if it is
+    // sound (one number, or a list of the same number); else chunked.
+    let length = http_body::Body::size_hint(&body)
+        .exact()
+        .or(declared.ok().flatten());
     match length {
         Some(length) => {
             out.extend_from_slice(b"content-length: ");
@@ -438,7 +448,7 @@ async fn write_response(
                     return Ok(false);
                 };
                 left = rest;
-                out.extend_from_slice(&data);
+                push_data(stream, out, &data).await?;
             }
             if left != 0 {
                 // Less than announced: the caller learns it from the close.
@@ -453,7 +463,7 @@ async fn write_response(
                     continue;
                 }
                 out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(&data);
+                push_data(stream, out, &data).await?;
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(b"0\r\n\r\n");
@@ -509,14 +519,33 @@ async fn next_data(
     }
 }
 
-/// The `Content-Length` the service set so far, with one more value of it:
-/// an error when it is not a number or differs from an earlier one.
-fn same_length(found: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
-    let n = content_length(value.as_bytes()).ok_or(())? as u64;
-    match found {
-        Some(f) if f != n => Err(()),
-        _ => Ok(Some(n)),
+/// Appends `data` to `out`, or, when it is large, writes what `out` holds
+/// and then `data` itself: a large frame is neither copied nor left behind
+/// as `out`'s capacity.
+async fn push_data(stream: &mut TcpStream, out: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
+    if data.len() < MAX_BODY {
+        out.extend_from_slice(data);
+        return Ok(());
     }
+    stream.write_all(out).await?;
+    out.clear();
+    stream.write_all(data).await
+}
+
+/// The `Content-Length` the service set so far, with one more value of it
+/// (a number, or a list of the same number, as RFC 9112 §6.3 lets a
+/// recipient accept): an error when it is neither or differs from an
+/// earlier one.
+fn same_length(found: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+    let mut found = found;
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let n = content_length(part.trim_ascii()).ok_or(())? as u64;
+        if found.is_some_and(|f| f != n) {
+            return Err(());
+        }
+        found = Some(n);
+    }
+    Ok(found)
 }
 
 /// A `Connection` value with the `close` option.
@@ -555,6 +584,15 @@ pub(super) struct Prefixed {
 impl Prefixed {
     pub(super) fn new(prefix: Bytes, io: TcpStream) -> Prefixed {
         Prefixed { prefix, io }
+    }
+
+    /// Whether the bytes read so far begin HTTP/2's connection preface (or
+    /// are too few to tell): then hyper-util's version detection serves the
+    /// connection, else hyper's HTTP/1 server.
+    pub(super) fn may_be_http2(&self) -> bool {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let n = self.prefix.len().min(PREFACE.len());
+        self.prefix[..n] == PREFACE[..n]
     }
 }
 

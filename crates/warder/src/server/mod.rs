@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -57,14 +57,16 @@ pub async fn serve<M, S>(
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // For the connections `h1` hands over: HTTP/1.1 straight to hyper's
+    // HTTP/1 server (which counts a new connection busy until its first
+    // request is answered, so a drain lets that request finish), and
+    // HTTP/2's preface to hyper-util's detection.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
-    // Shared by the connections that hyper serves (see `h1`).
-    let builder = Arc::new(builder);
+    let builders = Arc::new((http1, auto::Builder::new(TokioExecutor::new())));
     let drain = Drain::default();
     tokio::pin!(shutdown);
     loop {
@@ -84,19 +86,30 @@ pub async fn serve<M, S>(
         let _ = stream.set_nodelay(true);
         let inner = service_for(peer);
         let mut watch = drain.watch();
-        let builder = builder.clone();
+        let builders = builders.clone();
         tokio::spawn(async move {
             let io = match h1::serve(stream, &inner, &mut watch, options.header_read_timeout).await
             {
                 h1::Ended::Closed => return,
                 h1::Ended::HandOver(io) => io,
             };
+            let http2 = io.may_be_http2();
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     inner.clone().call(req.map(Body::new))
                 });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            if let Err(e) = watch.serve(conn).await {
+            let (http1, auto) = &*builders;
+            let served = if http2 {
+                watch
+                    .serve(auto.serve_connection(TokioIo::new(io), service))
+                    .await
+            } else {
+                watch
+                    .serve(http1.serve_connection(TokioIo::new(io), service))
+                    .await
+                    .map_err(Into::into)
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -197,16 +210,22 @@ impl Watch {
     }
 
     /// Runs `conn` to its end, shutting it down gracefully once the drain
-    /// begins.
+    /// begins. `conn` is polled before it is told: a connection handed over
+    /// by `h1` has its first request's bytes at hand, and hyper closes a
+    /// connection told before it read anything without answering.
     async fn serve<C: GracefulConnection>(mut self, conn: C) -> C::Output {
         let mut conn = pin!(conn);
         let mut told = false;
         std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
             if !told && self.draining(cx) {
                 told = true;
                 conn.as_mut().graceful_shutdown();
+                return conn.as_mut().poll(cx);
             }
-            conn.as_mut().poll(cx)
+            Poll::Pending
         })
         .await
     }
