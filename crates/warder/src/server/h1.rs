@@ -51,7 +51,7 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::pin::{pin, Pin};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -138,7 +138,7 @@ where
             }
         };
         let call = service.clone().call(request);
-        let Some(response) = run_watching(call, &stream, &mut buf).await else {
+        let Some(response) = run_watching(call, &mut stream, &mut buf).await else {
             // The caller hung up: nobody to answer.
             return Ended::Closed;
         };
@@ -193,19 +193,17 @@ async fn wait_for_head(
     .await
 }
 
-/// One read into the spare capacity of `buf`.
+/// One read into the spare capacity of `buf`. Through `AsyncRead`, not
+/// `try_read_buf`: a read that leaves room in the buffer tells the runtime
+/// the socket is drained, so the next wait costs no system call, where
+/// `try_read_buf` keeps the readiness until a read fails with `WouldBlock`
+/// (one more `read` per request).
 fn read_some(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return Poll::Ready(other),
-        }
-    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// Whether the drain has begun (without waiting for it).
@@ -215,7 +213,7 @@ async fn draining(watch: &mut Watch) -> bool {
 
 /// Runs the service's future; `None` when the caller closes its side first
 /// (the future is then dropped, cancelling what it was doing).
-async fn run_watching<F>(call: F, stream: &TcpStream, buf: &mut BytesMut) -> Option<Response>
+async fn run_watching<F>(call: F, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Response>
 where
     F: Future<Output = Result<Response, Infallible>>,
 {
@@ -238,7 +236,7 @@ where
 /// pipelined request) are kept in `buf`, and from then on the socket is no
 /// longer watched (`watching` turns false), as hyper does.
 fn caller_gone(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     watching: &mut bool,
     cx: &mut Context<'_>,
