@@ -16,9 +16,10 @@
 //!   [`MAX_BODY`] bytes (or none: no body), and with no `Transfer-Encoding`,
 //!   `Expect` or `Upgrade`;
 //! - the first request it does not take, and the bytes read of it, go to
-//!   hyper-util's server for the rest of the connection (a malformed
+//!   hyper's HTTP/1 server for the rest of the connection (a malformed
 //!   request, HTTP/1.0, a chunked or large body, `100-continue`, an
-//!   upgrade, HTTP/2's preface), so hyper answers those exactly as before.
+//!   upgrade), or HTTP/2's preface to hyper-util's version detection, so
+//!   hyper answers those exactly as before.
 //!
 //! What hyper's server did for these requests, this does too:
 //! - answers in order, pipelined requests included, and keeps the

@@ -3,9 +3,10 @@
 //!
 //! Each connection starts in [`h1`], which serves plain HTTP/1.1 requests by
 //! hand; the first request it does not take, and the rest of the
-//! connection, go to hyper-util's server (HTTP/1.1 or HTTP/2), written on
-//! hyper-util directly because `axum::serve` exposes neither a header read
-//! timeout nor per-connection socket options. What both serve is a tower
+//! connection, go to hyper's HTTP/1 server (HTTP/2's preface to hyper-util's
+//! version detection). The loop is written on hyper and hyper-util directly
+//! because `axum::serve` exposes neither a header read timeout nor
+//! per-connection socket options. What both serve is a tower
 //! service: an axum router, or on the public listener
 //! [`crate::http::hot::PublicService`] (the predict fast path, then the
 //! router).
