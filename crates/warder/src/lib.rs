@@ -13,6 +13,7 @@ pub mod control;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+mod http1_fields;
 mod json_syntax;
 pub mod queue;
 pub mod ratelimit;

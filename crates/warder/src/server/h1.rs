@@ -38,6 +38,7 @@
 //!   body for `204` and `304`.
 
 use super::Watch;
+use crate::http1_fields::{content_length, decimal, has_token};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -311,7 +312,7 @@ fn parse(buf: &[u8]) -> Parse {
             return Parse::Other;
         };
         if name == header::CONTENT_LENGTH {
-            match content_length(h.value) {
+            match decimal(h.value).and_then(|n| usize::try_from(n).ok()) {
                 Some(n) if !length_seen && n <= MAX_BODY => head.body_len = n,
                 _ => return Parse::Other,
             }
@@ -322,26 +323,14 @@ fn parse(buf: &[u8]) -> Parse {
         {
             return Parse::Other;
         } else if name == header::CONNECTION {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    head.close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parse::Other;
-                }
+            if has_token(h.value, "upgrade") {
+                return Parse::Other;
             }
+            head.close |= has_token(h.value, "close");
         }
         head.headers.push((name, offset(h.value)));
     }
     Parse::Plain(head)
-}
-
-/// A `Content-Length` value: decimal digits only (no sign, no list).
-fn content_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 impl Head {
@@ -391,20 +380,15 @@ async fn write_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // One pass: the framing and connection headers are this module's to
-    // write; what the service said in them is noted on the way.
+    // write; what the service said in `Connection` is noted on the way.
     let mut dated = false;
     let mut close = false;
-    let mut declared = Ok(None);
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
-            declared = declared.and_then(|found| same_length(found, value));
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
         if name == header::CONNECTION {
-            close |= has_close(value.as_bytes());
+            close |= has_token(value.as_bytes(), "close");
             continue;
         }
         dated |= name == header::DATE;
@@ -432,9 +416,11 @@ async fn write_response(
     }
     // The body's own size first; else a length the service set, if it is
     // sound (one number, or a list of the same number); else chunked.
-    let length = http_body::Body::size_hint(&body)
-        .exact()
-        .or(declared.ok().flatten());
+    let length = http_body::Body::size_hint(&body).exact().or_else(|| {
+        content_length(parts.headers.get_all(header::CONTENT_LENGTH))
+            .ok()
+            .flatten()
+    });
     match length {
         Some(length) => {
             out.extend_from_slice(b"content-length: ");
@@ -529,29 +515,6 @@ async fn push_data(stream: &mut TcpStream, out: &mut Vec<u8>, data: &[u8]) -> io
     stream.write_all(out).await?;
     out.clear();
     stream.write_all(data).await
-}
-
-/// The `Content-Length` the service set so far, with one more value of it
-/// (a number, or a list of the same number, as RFC 9112 §6.3 lets a
-/// recipient accept): an error when it is neither or differs from an
-/// earlier one.
-fn same_length(found: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
-    let mut found = found;
-    for part in value.as_bytes().split(|&b| b == b',') {
-        let n = content_length(part.trim_ascii()).ok_or(())? as u64;
-        if found.is_some_and(|f| f != n) {
-            return Err(());
-        }
-        found = Some(n);
-    }
-    Ok(found)
-}
-
-/// A `Connection` value with the `close` option.
-fn has_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// Appends the current time as an HTTP date, formatted once a second.

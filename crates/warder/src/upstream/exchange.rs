@@ -35,6 +35,7 @@
 
 use super::pool::Host;
 use super::JsonPost;
+use crate::http1_fields::{content_length, has_token};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
@@ -278,7 +279,10 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, String> {
     let keep_alive = version == Version::HTTP_11
         && framing != Framing::Close
         && !both
-        && !has_token(&headers, header::CONNECTION, "close");
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), "close"));
     Ok(Some((
         Head {
             status,
@@ -311,34 +315,13 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, String> {
             _ => Framing::Close,
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("-").split(',') {
-            let part = part.trim();
-            let n: u64 = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| part.parse().ok())
-                .flatten()
-                .ok_or("the answer's Content-Length is not a number")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("the answer has two different Content-Lengths".into());
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(headers.get_all(header::CONTENT_LENGTH))
+        .map_err(|()| "the answer's Content-Length is not one number")?;
     Ok(match length {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Sends `wire` on `conn` and answers with the response; `home` takes the
