@@ -45,10 +45,18 @@ pub struct PredictCall {
     pub selector: Selector,
     /// A `predict_internal` route: needs the `internal` scope, skips limits.
     pub internal: bool,
-    /// The caller's request headers.
-    pub headers: HeaderMap,
+    /// The caller declared a JSON body (`Content-Type`).
+    pub json: bool,
     /// The model input.
-    pub body: Body,
+    pub body: Input,
+}
+
+/// A model input as the listener has it.
+pub enum Input {
+    /// Read whole already (the fast lane reads bodies before it answers).
+    Read(Bytes),
+    /// To be read, up to `max_body_bytes`.
+    Stream(Body),
 }
 
 /// Runs a predict; returns the response and what the access log and
@@ -86,7 +94,12 @@ async fn run(
     facts.version_id = Some(target.version_label.clone());
 
     let limits = authorize(state, principal, &target).await?;
-    check_content_type(&call.headers)?;
+    if !call.json {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the model input must be sent as Content-Type: application/json",
+        ));
+    }
     if target.version.state != VersionState::Active {
         return Err(ApiError::new(
             ErrorCode::ModelNotReady,
@@ -100,14 +113,20 @@ async fn run(
         admit(state, principal, &target, &limits).await?
     };
 
-    let body = axum::body::to_bytes(call.body, state.config.max_body_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body exceeds {} bytes", state.config.max_body_bytes),
-            )
-        })?;
+    let max = state.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    };
+    let body = match call.body {
+        Input::Read(body) if body.len() <= max => body,
+        Input::Read(_) => return Err(too_large()),
+        Input::Stream(body) => axum::body::to_bytes(body, max)
+            .await
+            .map_err(|_| too_large())?,
+    };
     match &target.validator {
         None => {
             if !is_json_value(&body) {
@@ -491,21 +510,6 @@ fn number(n: u64) -> HeaderValue {
     match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(n),
-    }
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ok = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_json_content_type);
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "the model input must be sent as Content-Type: application/json",
-        ))
     }
 }
 

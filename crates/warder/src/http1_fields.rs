@@ -42,6 +42,19 @@ pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// A field value as text, when it is visible ASCII (tabs allowed), as
+/// `HeaderValue::to_str` has it.
+pub(crate) fn visible_ascii(value: &[u8]) -> Option<&str> {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +88,21 @@ mod tests {
         assert!(has_token(b"close", "close"));
         assert!(!has_token(b"closed, keep-alive", "close"));
         assert!(has_token(b" Upgrade ", "upgrade"));
+    }
+
+    #[test]
+    fn visible_ascii_is_what_header_values_give_as_text() {
+        for value in [&b"Api-Key abc"[..], b"a\tb", b"", b"~!"] {
+            let header = HeaderValue::from_bytes(value).expect("valid");
+            let expected = header.to_str().ok();
+            assert_eq!(visible_ascii(value), expected);
+            assert!(expected.is_some());
+        }
+        for value in [&b"caf\xc3\xa9"[..], b"\x80"] {
+            let header = HeaderValue::from_bytes(value).expect("valid");
+            assert!(header.to_str().is_err(), "{value:?}");
+            assert_eq!(visible_ascii(value), None, "{value:?}");
+        }
+        assert_eq!(visible_ascii(b"a\x7f"), None);
     }
 }

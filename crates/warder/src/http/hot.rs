@@ -16,16 +16,19 @@
 //! OpenAPI.
 
 use crate::catalog::Selector;
+use crate::gateway::{is_json_content_type, Input};
 use crate::http::async_predict::{self, SubmitRoute};
 use crate::http::middleware::{principal, RequestScope};
 use crate::http::predict::{self, PredictRoute};
+use crate::http1_fields::visible_ascii;
+use crate::server::{FastLane, PlainRequest};
 use crate::state::SharedState;
 use crate::telemetry::metrics::Label;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::Router;
 use futures::future::{BoxFuture, Either};
-use http::Method;
+use http::{header, HeaderMap, Method};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,8 +158,11 @@ impl Service<Request> for PublicService {
         let route = hot.route;
         let label = hot.label.clone();
         Either::Left(Box::pin(async move {
-            let scope = RequestScope::begin(&state, req.headers(), req.method(), label);
-            let (response, key_id, facts) = match principal(&state, req.headers()).await {
+            let headers = req.headers();
+            let traceparent = text(headers, "traceparent");
+            let scope = RequestScope::begin(&state, traceparent, req.method(), label);
+            let authorization = text(headers, header::AUTHORIZATION.as_str());
+            let (response, key_id, facts) = match principal(&state, authorization).await {
                 Err(refusal) => (refusal, None, None),
                 Ok(p) => {
                     let key_id = p.key_id.clone();
@@ -190,6 +196,87 @@ impl Service<Request> for PublicService {
             Ok(scope.end(&state, response, key_id, facts).await)
         }))
     }
+}
+
+/// A header's first value as text (`None` when it is absent or not visible
+/// ASCII, as `HeaderValue::to_str` has it).
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl FastLane for PublicService {
+    /// A sync predict, from the bytes read: what [`Service::call`] does for
+    /// it, without building the request. Async submits (which read more of
+    /// the headers) and every other request go through `call`.
+    fn call_plain(&self, request: &PlainRequest<'_>) -> Option<BoxFuture<'static, Response>> {
+        let target = request.target();
+        // Only targets made of bytes `http::Uri` takes as they are; anything
+        // else goes through `call`, which refuses or decodes it as before.
+        if !target.iter().all(|&b| plain_target_byte(b)) {
+            return None;
+        }
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let path = std::str::from_utf8(path).ok()?;
+        let (hot, selector) = self.hot.take(request.method(), path)?;
+        let HotRoute::Predict(route) = hot.route else {
+            return None;
+        };
+        let state = self.state.clone();
+        let label = hot.label.clone();
+        let traceparent = request.header("traceparent");
+        let authorization = request.header("authorization");
+        let json = request
+            .header("content-type")
+            .as_deref()
+            .and_then(visible_ascii)
+            .is_some_and(is_json_content_type);
+        let body = request.body();
+        Some(Box::pin(async move {
+            // `take` takes only `POST`.
+            let traceparent = traceparent.as_deref().and_then(visible_ascii);
+            let scope = RequestScope::begin(&state, traceparent, &Method::POST, label);
+            let authorization = authorization.as_deref().and_then(visible_ascii);
+            let (response, key_id, facts) = match principal(&state, authorization).await {
+                Err(refusal) => (refusal, None, None),
+                Ok(p) => {
+                    let key_id = p.key_id.clone();
+                    let input = Input::Read(body);
+                    let (response, facts) =
+                        predict::run(&state, p, scope.trace, route, selector, json, input).await;
+                    (response, Some(key_id), Some(facts))
+                }
+            };
+            scope.end(&state, response, key_id, facts).await
+        }))
+    }
+}
+
+/// The bytes of a request target in origin form that `http::Uri` keeps as
+/// they are: RFC 3986's unreserved and sub-delims, `:`, `@`, `/` and `?`
+/// (no `%`: the router decodes percent-encoded paths).
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+        )
 }
 
 #[cfg(test)]

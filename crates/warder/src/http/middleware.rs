@@ -15,7 +15,7 @@ use crate::telemetry::metrics::{Label, RequestLabels};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -40,7 +40,11 @@ pub async fn request_context(
             .map(|m| m.as_str())
             .unwrap_or("fallback"),
     );
-    let scope = RequestScope::begin(&state, req.headers(), req.method(), route);
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let scope = RequestScope::begin(&state, traceparent, req.method(), route);
     req.extensions_mut().insert(scope.trace);
     let response = next.run(req).await;
     let key_id = response.extensions().get::<KeyFact>().map(|k| k.0.clone());
@@ -69,16 +73,15 @@ impl Drop for InFlight {
 }
 
 impl RequestScope {
-    /// Starts the clock, reads `traceparent` and counts the request in flight.
+    /// Starts the clock, reads `traceparent` (the header's text, if any) and
+    /// counts the request in flight.
     pub(crate) fn begin(
         state: &SharedState,
-        headers: &HeaderMap,
+        traceparent: Option<&str>,
         method: &Method,
         route: Label,
     ) -> RequestScope {
-        let trace = TraceContext::from_traceparent(
-            headers.get("traceparent").and_then(|v| v.to_str().ok()),
-        );
+        let trace = TraceContext::from_traceparent(traceparent);
         state.metrics.in_flight.inc();
         RequestScope {
             start: Instant::now(),
@@ -215,7 +218,11 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let principal = match principal(&state, req.headers()).await {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match principal(&state, authorization).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -226,15 +233,13 @@ pub async fn authenticate(
     response
 }
 
-/// The principal of the `Authorization` header, or the refusal to answer.
+/// The principal of the `Authorization` header (its text, if any), or the
+/// refusal to answer.
 pub(crate) async fn principal(
     state: &SharedState,
-    headers: &HeaderMap,
+    authorization: Option<&str>,
 ) -> Result<Arc<Principal>, Response> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match AuthService::parse_header(header) {
+    let principal = match AuthService::parse_header(authorization) {
         Ok(key) => state.auth.authenticate(&key).await,
         Err(e) => Err(e),
     };

@@ -2,10 +2,11 @@
 
 use crate::auth::Principal;
 use crate::catalog::Selector;
-use crate::gateway::{self, PredictCall, RequestFacts};
+use crate::gateway::{self, is_json_content_type, Input, PredictCall, RequestFacts};
 use crate::state::SharedState;
 use crate::telemetry::trace::TraceContext;
 use axum::extract::{Path, Request, State};
+use axum::http::header;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -92,11 +93,8 @@ pub fn routes() -> Router<SharedState> {
         )
 }
 
-/// Runs a predict for an authenticated caller (both dispatch paths end here).
-///
-/// A plain function returning the gateway's future, not an `async fn`: an
-/// `async fn` would wrap that future in one of its own, and every such layer
-/// copies the whole inner future once more per request.
+/// Runs a predict for an authenticated caller, from the request as axum
+/// has it (the router and [`crate::http::hot`]'s `Service::call`).
 pub(crate) fn call<'a>(
     state: &'a SharedState,
     principal: Arc<Principal>,
@@ -105,8 +103,38 @@ pub(crate) fn call<'a>(
     selector: Selector,
     request: Request,
 ) -> impl Future<Output = (Response, RequestFacts)> + 'a {
-    // Taken apart, not cloned: the headers move into the call.
     let (parts, body) = request.into_parts();
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_content_type);
+    run(
+        state,
+        principal,
+        trace,
+        route,
+        selector,
+        json,
+        Input::Stream(body),
+    )
+}
+
+/// Runs a predict for an authenticated caller (every dispatch path ends
+/// here). `json`: the request declared a JSON body (`Content-Type`).
+///
+/// A plain function returning the gateway's future, not an `async fn`: an
+/// `async fn` would wrap that future in one of its own, and every such layer
+/// copies the whole inner future once more per request.
+pub(crate) fn run<'a>(
+    state: &'a SharedState,
+    principal: Arc<Principal>,
+    trace: TraceContext,
+    route: PredictRoute,
+    selector: Selector,
+    json: bool,
+    body: Input,
+) -> impl Future<Output = (Response, RequestFacts)> + 'a {
     gateway::predict(
         state,
         PredictCall {
@@ -114,7 +142,7 @@ pub(crate) fn call<'a>(
             trace,
             selector,
             internal: route.internal(),
-            headers: parts.headers,
+            json,
             body,
         },
     )

@@ -37,7 +37,7 @@
 //!   the body must then match) and with chunked coding otherwise; writes no
 //!   body for `204` and `304`.
 
-use super::Watch;
+use super::{FastLane, Watch};
 use crate::http1_fields::{content_length, decimal, has_token};
 use axum::body::Body;
 use axum::extract::Request;
@@ -87,7 +87,7 @@ pub(super) async fn serve<S>(
     header_read_timeout: Duration,
 ) -> Ended
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+    S: Service<Request, Response = Response, Error = Infallible> + FastLane + Clone,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
@@ -130,17 +130,29 @@ where
             }
         }
         let close = head.close;
-        let request = match head.into_request(&mut buf) {
-            Ok(request) => request,
-            Err(taken) => {
-                // A target `Uri` refuses: hyper answers it (400).
-                let mut all = BytesMut::from(&taken[..]);
-                all.extend_from_slice(&buf);
-                return Ended::HandOver(Prefixed::new(all.freeze(), stream));
+        let taken = buf.split_to(head.len + head.body_len).freeze();
+        let plain = PlainRequest {
+            head: &head,
+            bytes: &taken,
+        };
+        let answered = match service.call_plain(&plain) {
+            Some(call) => run_watching(call.map(Ok), &mut stream, &mut buf).await,
+            None => {
+                let request = match head.into_request(taken) {
+                    Ok(request) => request,
+                    Err(taken) => {
+                        // A target or a header `http` refuses: hyper
+                        // answers it (400).
+                        let mut all = BytesMut::from(&taken[..]);
+                        all.extend_from_slice(&buf);
+                        return Ended::HandOver(Prefixed::new(all.freeze(), stream));
+                    }
+                };
+                let call = service.clone().call(request);
+                run_watching(call, &mut stream, &mut buf).await
             }
         };
-        let call = service.clone().call(request);
-        let Some(response) = run_watching(call, &mut stream, &mut buf).await else {
+        let Some(response) = answered else {
             // The caller hung up: nobody to answer.
             return Ended::Closed;
         };
@@ -263,7 +275,8 @@ struct Head {
     len: usize,
     method: Method,
     target: Range<usize>,
-    headers: Vec<(HeaderName, Range<usize>)>,
+    /// Each header's name and value.
+    headers: Vec<(Range<usize>, Range<usize>)>,
     body_len: usize,
     /// The request asked to close the connection after its answer.
     close: bool,
@@ -280,6 +293,10 @@ fn parse(buf: &[u8]) -> Parse {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
+        // A whole head larger than what is taken here (one read may bring
+        // one in, after a large body) goes to hyper too, which refuses a
+        // target or a name too long for `http` as before.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Parse::Other,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Err(_) => return Parse::Other,
@@ -308,50 +325,57 @@ fn parse(buf: &[u8]) -> Parse {
     };
     let mut length_seen = false;
     for h in request.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parse::Other;
-        };
-        if name == header::CONTENT_LENGTH {
-            match decimal(h.value).and_then(|n| usize::try_from(n).ok()) {
-                Some(n) if !length_seen && n <= MAX_BODY => head.body_len = n,
-                _ => return Parse::Other,
+        // The names that decide the framing, compared as bytes: a request
+        // the fast lane takes never builds a `HeaderName` (httparse has
+        // checked that names are tokens, which is what `HeaderName` takes).
+        let name = h.name.as_bytes();
+        let is = |lower: &str| name.eq_ignore_ascii_case(lower.as_bytes());
+        match name.len() {
+            14 if is("content-length") => {
+                match decimal(h.value).and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) if !length_seen && n <= MAX_BODY => head.body_len = n,
+                    _ => return Parse::Other,
+                }
+                length_seen = true;
             }
-            length_seen = true;
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
-        {
-            return Parse::Other;
-        } else if name == header::CONNECTION {
-            if has_token(h.value, "upgrade") {
-                return Parse::Other;
+            17 if is("transfer-encoding") => return Parse::Other,
+            6 if is("expect") => return Parse::Other,
+            7 if is("upgrade") => return Parse::Other,
+            10 if is("connection") => {
+                if has_token(h.value, "upgrade") {
+                    return Parse::Other;
+                }
+                head.close |= has_token(h.value, "close");
             }
-            head.close |= has_token(h.value, "close");
+            _ => {}
         }
-        head.headers.push((name, offset(h.value)));
+        head.headers.push((offset(name), offset(h.value)));
     }
     Parse::Plain(head)
 }
 
 impl Head {
-    /// The request, its head and body split off the front of `buf`; or, when
-    /// its target or a header value is one `http` refuses, the bytes taken.
-    fn into_request(self, buf: &mut BytesMut) -> Result<Request, Bytes> {
-        let head = buf.split_to(self.len + self.body_len).freeze();
-        let Ok(uri) = Uri::from_maybe_shared(head.slice(self.target)) else {
-            return Err(head);
+    /// The request made of its head and body (`taken`, split off the read
+    /// buffer); or, when its target or a header is one `http` refuses, the
+    /// bytes back.
+    fn into_request(self, taken: Bytes) -> Result<Request, Bytes> {
+        let Ok(uri) = Uri::from_maybe_shared(taken.slice(self.target)) else {
+            return Err(taken);
         };
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in self.headers {
-            match HeaderValue::from_maybe_shared(head.slice(value)) {
-                Ok(value) => headers.append(name, value),
-                Err(_) => return Err(head),
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&taken[name]),
+                HeaderValue::from_maybe_shared(taken.slice(value)),
+            ) else {
+                return Err(taken);
             };
+            headers.append(name, value);
         }
         let body = if self.body_len == 0 {
             Body::empty()
         } else {
-            Body::from(head.slice(self.len..))
+            Body::from(taken.slice(self.len..))
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
@@ -359,6 +383,42 @@ impl Head {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         Ok(request)
+    }
+}
+
+/// A plain request as read, offered to the service's [`FastLane`] before it
+/// becomes an `http::Request`: its method, target, headers by name and its
+/// whole body, all borrowed from the bytes read.
+pub struct PlainRequest<'a> {
+    head: &'a Head,
+    bytes: &'a Bytes,
+}
+
+impl PlainRequest<'_> {
+    /// The method (never `HEAD` or `CONNECT`).
+    pub fn method(&self) -> &Method {
+        &self.head.method
+    }
+
+    /// The request target, in origin form (it starts with `/`), as sent:
+    /// bytes httparse accepts, which `http::Uri` may still refuse.
+    pub fn target(&self) -> &[u8] {
+        &self.bytes[self.head.target.clone()]
+    }
+
+    /// The first value of the header `lower` (a lowercase name), as sent:
+    /// bytes `http::HeaderValue` accepts (httparse checked them).
+    pub fn header(&self, lower: &str) -> Option<Bytes> {
+        self.head
+            .headers
+            .iter()
+            .find(|(name, _)| self.bytes[name.clone()].eq_ignore_ascii_case(lower.as_bytes()))
+            .map(|(_, value)| self.bytes.slice(value.clone()))
+    }
+
+    /// The whole body (empty without `Content-Length`).
+    pub fn body(&self) -> Bytes {
+        self.bytes.slice(self.head.len..)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The hand-served HTTP/1.1 path and its hand-over to hyper, on real
 //! sockets, through the listener's own accept loop.
 
-use super::super::{serve, ServeOptions};
+use super::super::{serve, FastLane, PlainRequest, ServeOptions};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -136,6 +136,51 @@ async fn answer(seen: Arc<Seen>, req: Request) -> Result<Response, Infallible> {
     Ok(response)
 }
 
+/// [`answer`] as a service, with a fast lane for `/fast` paths: `200`,
+/// `fast {method} {target} {x-test} {body}`, from the request as read.
+#[derive(Clone)]
+struct TestService {
+    seen: Arc<Seen>,
+}
+
+impl tower::Service<Request> for TestService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Box::pin(answer(self.seen.clone(), req))
+    }
+}
+
+impl FastLane for TestService {
+    fn call_plain(
+        &self,
+        request: &PlainRequest<'_>,
+    ) -> Option<futures::future::BoxFuture<'static, Response>> {
+        if !request.target().starts_with(b"/fast") {
+            return None;
+        }
+        let text = format!(
+            "fast {} {} {} {}",
+            request.method(),
+            String::from_utf8_lossy(request.target()),
+            request
+                .header("x-test")
+                .map_or("-".to_owned(), |v| String::from_utf8_lossy(&v).into_owned()),
+            String::from_utf8_lossy(&request.body()),
+        );
+        Some(Box::pin(async move { Response::new(Body::from(text)) }))
+    }
+}
+
 struct Server {
     addr: SocketAddr,
     seen: Arc<Seen>,
@@ -152,9 +197,8 @@ async fn start(header_read_timeout: Duration) -> Server {
     let done = tokio::spawn(serve(
         "test",
         listener,
-        move |_peer| {
-            let seen = service_seen.clone();
-            tower::service_fn(move |req| answer(seen.clone(), req))
+        move |_peer| TestService {
+            seen: service_seen.clone(),
         },
         ServeOptions {
             header_read_timeout,
@@ -596,4 +640,42 @@ async fn the_drain_answers_a_request_handed_over_mid_head() {
         .await
         .expect("the drain ends")
         .expect("no panic");
+}
+
+#[tokio::test]
+async fn the_fast_lane_answers_from_the_request_as_read_and_the_rest_goes_through_call() {
+    let server = start(Duration::from_secs(5)).await;
+    let mut c = Client::connect(server.addr).await;
+    c.send(
+        b"POST /fast/one?q=1 HTTP/1.1\r\nHost: x\r\nX-TEST: first\r\nx-test: second\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: x\r\nX-Test: slow-lane\r\nContent-Length: 2\r\n\r\nhi\
+          GET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let fast = c.answer().await.expect("the fast answer");
+    assert_eq!(fast.status, 200);
+    // The first of two values, found whatever the name's case.
+    assert_eq!(fast.text(), "fast POST /fast/one?q=1 first hello");
+    assert!(fast.header("date").is_some(), "{fast:?}");
+    let echo = c.answer().await.expect("the echo");
+    assert_eq!(echo.text(), "POST /echo HTTP/1.1 2 slow-lane");
+    let empty = c.answer().await.expect("the fast answer without a body");
+    assert_eq!(empty.text(), "fast GET /fast - ");
+}
+
+#[test]
+fn a_whole_head_larger_than_max_head_is_not_taken() {
+    let head = |filler: usize| {
+        format!(
+            "POST /fast HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
+    let fits = head(super::MAX_HEAD - 100);
+    assert!(matches!(
+        super::parse(fits.as_bytes()),
+        super::Parse::Plain(_)
+    ));
+    let over = head(super::MAX_HEAD);
+    assert!(matches!(super::parse(over.as_bytes()), super::Parse::Other));
 }
