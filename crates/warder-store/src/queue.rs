@@ -35,8 +35,12 @@ const JOB_COLUMNS: &str = "id, user_id, key_id, model_id, version_id, status, we
 const CLAIM_SET: &str = "status = 'IN_PROGRESS', lease_owner = $1, lease_token = lease_token + 1, \
      lease_expires_at = $2, started_at = COALESCE(started_at, $3), attempts = attempts + 1";
 
-/// Ready: queued, past its backoff, and (before a first attempt) within its
-/// deadline, on an active version. `$3` is now.
+/// Ready, as far as the job itself says: queued, past its backoff, and
+/// (before a first attempt) within its deadline. `$3` is now.
+const READY_JOB: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
+     AND (j.attempts > 0 OR j.queue_deadline > $3)";
+
+/// Ready: [`READY_JOB`], on an active version.
 const READY: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
      AND (j.attempts > 0 OR j.queue_deadline > $3) AND v.state = 'active'";
 
@@ -294,10 +298,21 @@ fn claim_sql(dialect: Dialect, capped: usize) -> String {
              ORDER BY j.priority, j.created_at LIMIT {limit}{lock}"
         )
     };
-    let mut ctes = vec![format!(
-        "c0 AS ({})",
-        branch("v.max_concurrency IS NULL", "$4")
-    )];
+    let uncapped = match dialect {
+        Dialect::Sqlite => branch("v.max_concurrency IS NULL", "$4"),
+        // Per uncapped version, its first ready jobs off
+        // `async_jobs_queued_version` (in claim order within a version):
+        // a walk of the ready index in priority order would pass over every
+        // queued job of capped versions first.
+        Dialect::Postgres => format!(
+            "SELECT q.id, q.priority, q.created_at FROM model_versions v, LATERAL ( \
+               SELECT j.id, j.priority, j.created_at FROM async_jobs j \
+               WHERE j.version_id = v.id AND {READY_JOB} \
+               ORDER BY j.priority, j.created_at LIMIT $4{lock}) AS q \
+             WHERE v.state = 'active' AND v.max_concurrency IS NULL"
+        ),
+    };
+    let mut ctes = vec![format!("c0 AS ({uncapped})")];
     for i in 0..capped {
         let version = 5 + i;
         // A version whose cap was lifted since it was listed has its jobs
@@ -350,7 +365,7 @@ fn claim_sql(dialect: Dialect, capped: usize) -> String {
 /// statistics are stale or missing (autovacuum off, or not yet run on a
 /// table that filled quickly): a claim then took time in proportion to the
 /// backlog, and a backlog of 50 000 jobs drained at about 1 000 jobs/s
-/// (`bench/`, PostgreSQL 15). Sorting the few claimed rows stays possible:
+/// (PostgreSQL 15, loopback, `bench/`'s upstream). Sorting the few claimed rows stays possible:
 /// the setting makes a sort costly to the planner, not forbidden. That
 /// cost would also start the JIT compiler (about 300 ms a claim), hence
 /// `jit` off, for this transaction only as well.
@@ -450,7 +465,11 @@ impl SqlStore {
     /// Capped versions with a free slot and a ready job (64 at most), from
     /// the (small) versions table, probing the per-version indexes of queued
     /// and running jobs: scanning the ready jobs for their versions cost a
-    /// pass over the whole backlog on every claim. On SQLite from the read
+    /// pass over the whole backlog on every claim. The probe for a ready job
+    /// is a scalar subquery, run per capped version: as `EXISTS` the planner
+    /// could make it a semi-join, and without statistics it read every
+    /// queued job's entry of `async_jobs_queued_version` (even with no
+    /// version capped) before each claim. On SQLite from the read
     /// pool, so the writer connection is not taken for it: the claim counts
     /// again anyway.
     async fn capped_with_ready_jobs(&self, now: Timestamp) -> StoreResult<Vec<String>> {
@@ -459,7 +478,7 @@ impl SqlStore {
              WHERE v.max_concurrency IS NOT NULL \
                AND v.max_concurrency > (SELECT COUNT(*) FROM async_jobs r \
                  WHERE r.version_id = v.id AND r.status = 'IN_PROGRESS') \
-               AND EXISTS (SELECT 1 FROM async_jobs j WHERE j.version_id = v.id AND {}) \
+               AND (SELECT 1 FROM async_jobs j WHERE j.version_id = v.id AND {} LIMIT 1) = 1 \
              LIMIT 64",
             READY.replace("$3", "$1")
         );
