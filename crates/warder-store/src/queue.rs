@@ -424,15 +424,6 @@ impl SqlStore {
             // SQLite runs one statement at a time: no other claimer's can
             // come between a running count and the claim it limits.
             query.fetch_all(self.writer()).await.map_err(map_err)?
-        } else if capped.is_empty() {
-            let mut tx = self.writer().begin().await.map_err(map_err)?;
-            sqlx::query(CLAIM_IN_ORDER)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            let rows = query.fetch_all(&mut *tx).await.map_err(map_err)?;
-            tx.commit().await.map_err(map_err)?;
-            rows
         } else {
             // On PostgreSQL, one claimer per capped version at a time: it
             // waits for the one ahead (its whole claim) rather than skip the
@@ -445,12 +436,14 @@ impl SqlStore {
                 .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
                 .await
                 .map_err(map_err)?;
-            let lock = lock_versions_sql(capped.len());
-            let mut locks = sqlx::query(&lock);
-            for version in &capped {
-                locks = locks.bind(version);
+            if !capped.is_empty() {
+                let lock = lock_versions_sql(capped.len());
+                let mut locks = sqlx::query(&lock);
+                for version in &capped {
+                    locks = locks.bind(version);
+                }
+                locks.execute(&mut *tx).await.map_err(map_err)?;
             }
-            locks.execute(&mut *tx).await.map_err(map_err)?;
             sqlx::query(CLAIM_IN_ORDER)
                 .execute(&mut *tx)
                 .await

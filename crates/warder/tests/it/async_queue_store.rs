@@ -728,15 +728,7 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
         return;
     };
     let (app, model, caller) = queue_app(b).await;
-    let sql = Arc::new(
-        warder_store::SqlStore::connect(warder_store::StoreOptions {
-            url: app.state.config.effective_database_url(),
-            max_connections: 1,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        })
-        .await
-        .expect("connect"),
-    );
+    let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
     let jobs: Vec<NewJob> = (0..40)
         .map(|n| job(&model, &caller, &request_id(100 + n), None))
@@ -799,6 +791,21 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     );
 }
 
+/// The app's database through a store of one connection: every statement
+/// runs on it, so a prepared statement is reused and the server's counts
+/// for that connection can be flushed from it.
+async fn one_connection(app: &TestApp) -> Arc<warder_store::SqlStore> {
+    Arc::new(
+        warder_store::SqlStore::connect(warder_store::StoreOptions {
+            url: app.state.config.effective_database_url(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("connect"),
+    )
+}
+
 /// Scans so far of the job table's primary key and of its index of running
 /// jobs, as the server counts them, after the store's one connection has
 /// reported its own.
@@ -831,15 +838,7 @@ async fn postgres_claims_read_a_deep_backlog_in_order() {
         return;
     };
     let (app, model, caller) = queue_app(b).await;
-    let sql = Arc::new(
-        warder_store::SqlStore::connect(warder_store::StoreOptions {
-            url: app.state.config.effective_database_url(),
-            max_connections: 1,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        })
-        .await
-        .expect("connect"),
-    );
+    let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
     const BACKLOG: i64 = 20_000;
     sqlx::query(
