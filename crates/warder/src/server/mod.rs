@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use tower::Service;
 
 mod h1;
+mod prefixed;
 
 pub use h1::PlainRequest;
 
