@@ -35,12 +35,8 @@ const JOB_COLUMNS: &str = "id, user_id, key_id, model_id, version_id, status, we
 const CLAIM_SET: &str = "status = 'IN_PROGRESS', lease_owner = $1, lease_token = lease_token + 1, \
      lease_expires_at = $2, started_at = COALESCE(started_at, $3), attempts = attempts + 1";
 
-/// Ready, as far as the job itself says: queued, past its backoff, and
-/// (before a first attempt) within its deadline. `$3` is now.
-const READY_JOB: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
-     AND (j.attempts > 0 OR j.queue_deadline > $3)";
-
-/// Ready: [`READY_JOB`], on an active version.
+/// Ready: queued, past its backoff, and (before a first attempt) within its
+/// deadline, on an active version. `$3` is now.
 const READY: &str = "j.status = 'QUEUED' AND j.run_after <= $3 \
      AND (j.attempts > 0 OR j.queue_deadline > $3) AND v.state = 'active'";
 
@@ -298,21 +294,16 @@ fn claim_sql(dialect: Dialect, capped: usize) -> String {
              ORDER BY j.priority, j.created_at LIMIT {limit}{lock}"
         )
     };
-    let uncapped = match dialect {
-        Dialect::Sqlite => branch("v.max_concurrency IS NULL", "$4"),
-        // Per uncapped version, its first ready jobs off
-        // `async_jobs_queued_version` (in claim order within a version):
-        // a walk of the ready index in priority order would pass over every
-        // queued job of capped versions first.
-        Dialect::Postgres => format!(
-            "SELECT q.id, q.priority, q.created_at FROM model_versions v, LATERAL ( \
-               SELECT j.id, j.priority, j.created_at FROM async_jobs j \
-               WHERE j.version_id = v.id AND {READY_JOB} \
-               ORDER BY j.priority, j.created_at LIMIT $4{lock}) AS q \
-             WHERE v.state = 'active' AND v.max_concurrency IS NULL"
-        ),
-    };
-    let mut ctes = vec![format!("c0 AS ({uncapped})")];
+    // The uncapped branch walks the ready index in claim order, locking
+    // (and skipping locked) rows as it goes, so it locks no more than it
+    // may take. (One pass per uncapped version, through `LATERAL`, read less
+    // behind a backlog of capped versions' jobs, but locked up to `$4` rows
+    // per version while taking `$4` in all: a concurrent claimer then came
+    // back short with ready jobs left, which the worker reads as drained.)
+    let mut ctes = vec![format!(
+        "c0 AS ({})",
+        branch("v.max_concurrency IS NULL", "$4")
+    )];
     for i in 0..capped {
         let version = 5 + i;
         // A version whose cap was lifted since it was listed has its jobs
