@@ -18,7 +18,7 @@
 use crate::catalog::Selector;
 use crate::gateway::{is_json_content_type, Input};
 use crate::http::async_predict::{self, SubmitRoute};
-use crate::http::middleware::{principal, RequestScope};
+use crate::http::middleware::{header_text as text, principal, RequestScope};
 use crate::http::predict::{self, PredictRoute};
 use crate::http1_fields::visible_ascii;
 use crate::server::{FastLane, PlainRequest};
@@ -28,7 +28,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::Router;
 use futures::future::{BoxFuture, Either};
-use http::{header, HeaderMap, Method};
+use http::{header, Method};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,12 +196,6 @@ impl Service<Request> for PublicService {
             Ok(scope.end(&state, response, key_id, facts).await)
         }))
     }
-}
-
-/// A header's first value as text (`None` when it is absent or not visible
-/// ASCII, as `HeaderValue::to_str` has it).
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 impl FastLane for PublicService {

@@ -15,7 +15,7 @@ use crate::telemetry::metrics::{Label, RequestLabels};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -40,10 +40,7 @@ pub async fn request_context(
             .map(|m| m.as_str())
             .unwrap_or("fallback"),
     );
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
+    let traceparent = header_text(req.headers(), "traceparent");
     let scope = RequestScope::begin(&state, traceparent, req.method(), route);
     req.extensions_mut().insert(scope.trace);
     let response = next.run(req).await;
@@ -212,16 +209,20 @@ async fn reshape_rejection(response: Response) -> Response {
     err
 }
 
+/// A header's first value as text (`None` when it is absent or not visible
+/// ASCII, as `HeaderValue::to_str` has it): how every request path reads
+/// `traceparent`, `Authorization` and `Content-Type`.
+pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// Authenticates the caller's key and puts its [`Principal`] in the request.
 pub async fn authenticate(
     State(state): State<SharedState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = header_text(req.headers(), header::AUTHORIZATION.as_str());
     let principal = match principal(&state, authorization).await {
         Ok(p) => p,
         Err(refusal) => return refusal,

@@ -3,6 +3,7 @@
 use crate::auth::Principal;
 use crate::catalog::Selector;
 use crate::gateway::{self, is_json_content_type, Input, PredictCall, RequestFacts};
+use crate::http::middleware::header_text;
 use crate::state::SharedState;
 use crate::telemetry::trace::TraceContext;
 use axum::extract::{Path, Request, State};
@@ -104,10 +105,7 @@ pub(crate) fn call<'a>(
     request: Request,
 ) -> impl Future<Output = (Response, RequestFacts)> + 'a {
     let (parts, body) = request.into_parts();
-    let json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let json = header_text(&parts.headers, header::CONTENT_TYPE.as_str())
         .is_some_and(is_json_content_type);
     run(
         state,
