@@ -33,6 +33,13 @@ pub struct RequestFacts {
     pub version_id: Option<Label>,
     /// Time to the upstream's response headers.
     pub upstream: Option<Duration>,
+    /// The rate limit's decision for an answered call. Its `RateLimit-*`
+    /// fields, like the envelope's `Content-Type`, are added to the answer
+    /// by whoever writes its head
+    /// ([`crate::http::middleware::RequestScope`]).
+    pub rate: Option<RateDecision>,
+    /// The answer is the envelope (JSON).
+    pub envelope: bool,
 }
 
 /// One sync predict call.
@@ -251,7 +258,7 @@ async fn run(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_json_content_type);
-    let mut response = if is_json && target.version.response == ResponseMode::Envelope {
+    let response = if is_json && target.version.response == ResponseMode::Envelope {
         let output = match tokio::time::timeout_at(
             deadline,
             http_body_util::Limited::new(incoming, state.config.max_upstream_response_bytes)
@@ -283,6 +290,7 @@ async fn run(
                 "the model answered invalid JSON",
             ));
         }
+        facts.envelope = true;
         envelope(request_id.as_str(), &target, &output)
     } else {
         // Streamed through as it arrives; the concurrency slot is held until
@@ -293,12 +301,19 @@ async fn run(
         });
         let mut r = Response::new(Body::new(body));
         *r.status_mut() = parts.status;
-        copy_end_to_end_headers(&parts.headers, r.headers_mut());
+        // The fields the gateway adds to the answer (`X-Request-Id`, and
+        // `RateLimit-*` when the call was limited) replace the model's.
+        let ours = |name: &HeaderName| {
+            name == X_REQUEST_ID || (decision.is_some() && RATE_LIMIT_NAMES.contains(name))
+        };
+        for (name, value) in &parts.headers {
+            if !is_hop_by_hop(name) && !ours(name) {
+                r.headers_mut().append(name.clone(), value.clone());
+            }
+        }
         r
     };
-    if let Some(d) = decision {
-        rate_limit_headers(response.headers_mut(), &d);
-    }
+    facts.rate = decision;
     Ok(response)
 }
 
@@ -388,10 +403,8 @@ fn rate_limited(state: &AppState, model: &str, d: &RateDecision) -> ApiError {
         .inc();
     let mut err = ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
         .with_retry_after(d.retry_after.as_secs_f64().ceil() as u64);
-    let mut headers = HeaderMap::new();
-    rate_limit_headers(&mut headers, d);
-    for (name, value) in headers.iter() {
-        err = err.with_header(name.clone(), value.clone());
+    for (name, value) in rate_limit_fields(d) {
+        err = err.with_header(name.clone(), HeaderValue::from(value));
     }
     err
 }
@@ -488,29 +501,21 @@ fn seconds_to_next_utc_day() -> u64 {
     (86_400 - now.rem_euclid(86_400)) as u64
 }
 
-/// Writes `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
-fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision) {
-    static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-    static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-    static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-    headers.insert(LIMIT.clone(), number(u64::from(d.limit)));
-    headers.insert(REMAINING.clone(), number(u64::from(d.remaining)));
-    headers.insert(
-        RESET.clone(),
-        number(d.reset_after.as_secs_f64().ceil() as u64),
-    );
-}
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+static RATE_LIMIT_NAMES: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
 
-/// A number as a header value; the small ones (a reset of 0 or 1 s, a
-/// burst of a few) come from a table instead of a fresh buffer each.
-fn number(n: u64) -> HeaderValue {
-    const SMALL: [&str; 16] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-    ];
-    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
-        Some(text) => HeaderValue::from_static(text),
-        None => HeaderValue::from(n),
-    }
+/// The `RateLimit-*` fields of a decision: each one's name and value.
+pub(crate) fn rate_limit_fields(d: &RateDecision) -> [(&'static HeaderName, u64); 3] {
+    let [limit, remaining, reset] = &RATE_LIMIT_NAMES;
+    [
+        (limit, u64::from(d.limit)),
+        (remaining, u64::from(d.remaining)),
+        (reset, d.reset_after.as_secs_f64().ceil() as u64),
+    ]
 }
 
 /// `application/json` or any `+json` type, with or without parameters.
@@ -540,7 +545,8 @@ pub(crate) fn upstream_headers<'a>(
 
 /// Builds the envelope around the upstream's JSON bytes without re-encoding
 /// them; everything but the request id and the output is the target's
-/// precomputed `envelope_middle`.
+/// precomputed `envelope_middle`. (Its `Content-Type` is added with the
+/// other fields of the head: see [`RequestFacts::envelope`].)
 fn envelope(request_id: &str, target: &Target, output: &Bytes) -> Response {
     let mut out = BytesMut::with_capacity(output.len() + target.envelope_middle.len() + 64);
     out.put_slice(b"{\"request_id\":\"");
@@ -548,12 +554,7 @@ fn envelope(request_id: &str, target: &Target, output: &Bytes) -> Response {
     out.put_slice(&target.envelope_middle);
     out.put_slice(output);
     out.put_slice(b",\"cached\":false}");
-    let mut r = Response::new(Body::from(out.freeze()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+    Response::new(Body::from(out.freeze()))
 }
 
 async fn collect_limited(

@@ -16,12 +16,12 @@
 //! OpenAPI.
 
 use crate::catalog::Selector;
-use crate::gateway::{is_json_content_type, Input};
+use crate::gateway::{is_json_content_type, Input, RequestFacts};
 use crate::http::async_predict::{self, SubmitRoute};
-use crate::http::middleware::{header_text as text, principal, RequestScope};
+use crate::http::middleware::{header_text as text, principal, AnswerFields, RequestScope};
 use crate::http::predict::{self, PredictRoute};
 use crate::http1_fields::visible_ascii;
-use crate::server::{FastLane, PlainRequest};
+use crate::server::{FastLane, PlainRequest, Reply};
 use crate::state::SharedState;
 use crate::telemetry::metrics::Label;
 use axum::extract::{ConnectInfo, Request};
@@ -202,7 +202,12 @@ impl FastLane for PublicService {
     /// A sync predict, from the bytes read: what [`Service::call`] does for
     /// it, without building the request. Async submits (which read more of
     /// the headers) and every other request go through `call`.
-    fn call_plain(&self, request: &PlainRequest<'_>) -> Option<BoxFuture<'static, Response>> {
+    type Fields = AnswerFields;
+
+    fn call_plain(
+        &self,
+        request: &PlainRequest<'_>,
+    ) -> Option<BoxFuture<'static, Reply<AnswerFields>>> {
         let target = request.target();
         // Only targets made of bytes `http::Uri` takes as they are; anything
         // else goes through `call`, which refuses or decodes it as before.
@@ -231,16 +236,16 @@ impl FastLane for PublicService {
             let scope = RequestScope::begin(&state, traceparent, &Method::POST, label);
             let authorization = authorization.as_deref().and_then(visible_ascii);
             let (response, key_id, facts) = match principal(&state, authorization).await {
-                Err(refusal) => (refusal, None, None),
+                Err(refusal) => (refusal, None, RequestFacts::default()),
                 Ok(p) => {
                     let key_id = p.key_id.clone();
                     let input = Input::Read(body);
                     let (response, facts) =
                         predict::run(&state, p, scope.trace, route, selector, json, input).await;
-                    (response, Some(key_id), Some(facts))
+                    (response, Some(key_id), facts)
                 }
             };
-            scope.end(&state, response, key_id, facts).await
+            scope.end_plain(&state, response, key_id, facts).await
         }))
     }
 }

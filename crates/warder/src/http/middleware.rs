@@ -7,8 +7,9 @@
 //! route except the explicit open list; `require_admin` on `/admin`.
 
 use crate::auth::{AuthError, AuthService, Principal};
-use crate::gateway::RequestFacts;
+use crate::gateway::{rate_limit_fields, RequestFacts};
 use crate::http::error::ApiError;
+use crate::server::{write_field, Reply, WriteFields};
 use crate::state::SharedState;
 use crate::telemetry::access::{self, AccessRecord};
 use crate::telemetry::metrics::{Label, RequestLabels};
@@ -20,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
-use warder_core::ErrorCode;
+use warder_core::{ErrorCode, RateDecision, RequestIdHex};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -89,17 +90,58 @@ impl RequestScope {
         }
     }
 
-    /// Renders an error body with the request id, stamps `X-Request-Id`,
-    /// records the metrics and writes the access line. `facts` are the
-    /// predict's, when the caller has them in hand; else they are taken from
-    /// the response (where the router's predict handlers leave them).
+    /// Renders an error body with the request id, stamps `X-Request-Id` (and
+    /// on a predict's answer, its `RateLimit-*` and `Content-Type`), records
+    /// the metrics and writes the access line. `facts` are the predict's,
+    /// when the caller has them in hand; else they are taken from the
+    /// response (where the router's predict handlers leave them).
     pub(crate) async fn end(
+        self,
+        state: &SharedState,
+        response: Response,
+        key_id: Option<Arc<str>>,
+        facts: Option<RequestFacts>,
+    ) -> Response {
+        let (mut response, fields) = self.close(state, response, key_id, facts).await;
+        let headers = response.headers_mut();
+        if fields.json {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        }
+        if let Ok(v) = HeaderValue::from_str(fields.request_id.as_str()) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+        for (name, value) in fields.rate.iter().flat_map(rate_limit_fields) {
+            headers.insert(name.clone(), HeaderValue::from(value));
+        }
+        response
+    }
+
+    /// [`Self::end`] for the fast lane: the same answer, its fields written
+    /// out by the listener beside the response's headers (which do not hold
+    /// them: the gateway does not pass a model's own on).
+    pub(crate) async fn end_plain(
+        self,
+        state: &SharedState,
+        response: Response,
+        key_id: Option<Arc<str>>,
+        facts: RequestFacts,
+    ) -> Reply<AnswerFields> {
+        let (response, fields) = self.close(state, response, key_id, Some(facts)).await;
+        Reply {
+            response,
+            fields: Some(fields),
+        }
+    }
+
+    /// What [`Self::end`] and [`Self::end_plain`] share: all but the fields
+    /// of the answer's head, which it returns.
+    async fn close(
         self,
         state: &SharedState,
         mut response: Response,
         key_id: Option<Arc<str>>,
         facts: Option<RequestFacts>,
-    ) -> Response {
+    ) -> (Response, AnswerFields) {
         drop(self.in_flight);
         let trace = self.trace;
         let route = self.route;
@@ -122,12 +164,13 @@ impl RequestScope {
             );
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), v);
-        }
-
         let elapsed = self.start.elapsed();
-        let facts = facts.or_else(|| response.extensions_mut().remove::<RequestFacts>());
+        let mut facts = facts.or_else(|| response.extensions_mut().remove::<RequestFacts>());
+        let fields = AnswerFields {
+            request_id,
+            rate: facts.as_mut().and_then(|f| f.rate.take()),
+            json: facts.as_ref().is_some_and(|f| f.envelope),
+        };
         let facts = facts.as_ref();
         let model = facts.and_then(|f| f.model_id.clone()).unwrap_or_default();
         let version = facts
@@ -166,7 +209,40 @@ impl RequestScope {
             latency: elapsed,
             upstream,
         });
-        response
+        (response, fields)
+    }
+}
+
+/// The fields of an answer's head that [`RequestScope`] adds: into its
+/// `HeaderMap` ([`RequestScope::end`]), or written out by the listener
+/// ([`RequestScope::end_plain`]).
+pub struct AnswerFields {
+    request_id: RequestIdHex,
+    rate: Option<RateDecision>,
+    /// `Content-Type: application/json` (a predict's envelope).
+    json: bool,
+}
+
+/// The envelope's `Content-Type`.
+const JSON: &str = "application/json";
+
+impl WriteFields for AnswerFields {
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        if self.json {
+            write_field(out, header::CONTENT_TYPE.as_str(), JSON.as_bytes());
+        }
+        write_field(
+            out,
+            X_REQUEST_ID.as_str(),
+            self.request_id.as_str().as_bytes(),
+        );
+        for (name, value) in self.rate.iter().flat_map(rate_limit_fields) {
+            write_field(
+                out,
+                name.as_str(),
+                itoa::Buffer::new().format(value).as_bytes(),
+            );
+        }
     }
 }
 

@@ -38,7 +38,7 @@
 //!   body for `204` and `304`.
 
 use super::prefixed::Prefixed;
-use super::{FastLane, Watch};
+use super::{FastLane, Reply, Watch, WriteFields};
 use crate::http1_fields::{content_length, decimal, has_token};
 use axum::body::Body;
 use axum::extract::Request;
@@ -69,6 +69,9 @@ pub(super) const MAX_HEAD: usize = 16 * 1024;
 pub(super) const MAX_BODY: usize = 64 * 1024;
 /// What one read asks the socket for, at least.
 const READ_CHUNK: usize = 8 * 1024;
+/// The room a read while a request runs (to notice a hang-up, or keep a
+/// pipelined request) makes do with.
+const MIN_SPARE: usize = 1024;
 
 /// How a connection left this module.
 pub(super) enum Ended {
@@ -149,16 +152,21 @@ where
                         return Ended::HandOver(Prefixed::new(all.freeze(), stream));
                     }
                 };
-                let call = service.clone().call(request);
+                let call = service.clone().call(request).map(|response| {
+                    response.map(|response| Reply {
+                        response,
+                        fields: None,
+                    })
+                });
                 run_watching(call, &mut stream, &mut buf).await
             }
         };
-        let Some(response) = answered else {
+        let Some(reply) = answered else {
             // The caller hung up: nobody to answer.
             return Ended::Closed;
         };
         let keep = !close && !draining(watch).await;
-        match write_response(&mut stream, &mut buf, &mut out, response, keep).await {
+        match write_response(&mut stream, &mut buf, &mut out, reply, keep).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ended::Closed,
         }
@@ -228,9 +236,9 @@ async fn draining(watch: &mut Watch) -> bool {
 
 /// Runs the service's future; `None` when the caller closes its side first
 /// (the future is then dropped, cancelling what it was doing).
-async fn run_watching<F>(call: F, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Response>
+async fn run_watching<F, R>(call: F, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<R>
 where
-    F: Future<Output = Result<Response, Infallible>>,
+    F: Future<Output = Result<R, Infallible>>,
 {
     let mut call = pin!(call);
     let mut watching = buf.is_empty();
@@ -259,7 +267,12 @@ fn caller_gone(
     if !*watching {
         return false;
     }
-    buf.reserve(READ_CHUNK);
+    // The request just taken still holds the buffer it was read into, so a
+    // full reserve here would allocate a new one for every request: what is
+    // left of it does, unless it is nearly used up.
+    if buf.capacity() - buf.len() < MIN_SPARE {
+        buf.reserve(READ_CHUNK);
+    }
     match read_some(stream, buf, cx) {
         Poll::Ready(Ok(0) | Err(_)) => true,
         Poll::Ready(Ok(_)) => {
@@ -423,16 +436,17 @@ impl PlainRequest<'_> {
     }
 }
 
-/// Writes `response`, framed, with `Date` and, unless `keep`, `connection:
-/// close`. `Ok(false)` when the connection must close after it.
+/// Writes `reply`'s response and fields, framed, with `Date` and, unless
+/// `keep`, `connection: close`. `Ok(false)` when the connection must close
+/// after it.
 async fn write_response(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
-    response: Response,
+    reply: Reply<impl WriteFields>,
     keep: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (parts, mut body) = reply.response.into_parts();
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -457,6 +471,9 @@ async fn write_response(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(fields) = &reply.fields {
+        fields.write_fields(out);
     }
     let keep = keep && !close;
     if !dated {

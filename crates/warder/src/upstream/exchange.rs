@@ -209,9 +209,8 @@ async fn exchange(conn: &mut RawConn, wire: &[u8]) -> Result<Head, Failure> {
     }
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&conn.buf).map_err(Failure::Broken)? {
-                Some((head, len)) => {
-                    conn.buf.advance(len);
+            match parse_head(&mut conn.buf).map_err(Failure::Broken)? {
+                Some(head) => {
                     if head.status.is_informational() {
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
                             return Err(Failure::Broken("the model switched protocols".into()));
@@ -241,12 +240,12 @@ async fn exchange(conn: &mut RawConn, wire: &[u8]) -> Result<Head, Failure> {
     }
 }
 
-/// The head at the start of `bytes` and its length, or `None` if it is not
-/// complete yet.
-fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, String> {
+/// The head at the start of `buf`, split off it, or `None` (and `buf` as it
+/// was) if it is not complete yet.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(bytes) {
+    let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("the answer is not valid HTTP/1: {e}")),
@@ -260,12 +259,29 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, String> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| format!("invalid header name '{}'", f.name))?;
-        let value = HeaderValue::from_bytes(f.value)
-            .map_err(|_| format!("invalid value of header '{}'", f.name))?;
+    // Where each field is, so that the values can share the head's bytes
+    // once it is split off `buf` (copied, each would cost an allocation).
+    let mut at = [[0u32; 4]; MAX_HEADERS];
+    let offset = |part: &[u8]| (part.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+    let count = parsed.headers.len();
+    for (f, at) in parsed.headers.iter().zip(at.iter_mut()) {
+        let (name, value) = (offset(f.name.as_bytes()), offset(f.value));
+        *at = [
+            name,
+            name + f.name.len() as u32,
+            value,
+            value + f.value.len() as u32,
+        ];
+    }
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &[name_at, name_end, value_at, value_end] in &at[..count] {
+        let name = &bytes[name_at as usize..name_end as usize];
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| format!("invalid header name '{}'", String::from_utf8_lossy(name)))?;
+        let value =
+            HeaderValue::from_maybe_shared(bytes.slice(value_at as usize..value_end as usize))
+                .map_err(|_| format!("invalid value of header '{name}'"))?;
         headers.append(name, value);
     }
     let coded = headers.contains_key(header::TRANSFER_ENCODING);
@@ -283,16 +299,13 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, String> {
             .get_all(header::CONNECTION)
             .iter()
             .any(|v| has_token(v.as_bytes(), "close"));
-    Ok(Some((
-        Head {
-            status,
-            version,
-            headers,
-            framing,
-            keep_alive,
-        },
-        len,
-    )))
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// RFC 9112 §6.3, for the answer to a request that was not `HEAD`.

@@ -1,7 +1,7 @@
 //! The hand-served HTTP/1.1 path and its hand-over to hyper, on real
 //! sockets, through the listener's own accept loop.
 
-use super::super::{serve, FastLane, PlainRequest, ServeOptions};
+use super::super::{serve, write_field, FastLane, PlainRequest, Reply, ServeOptions, WriteFields};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -160,11 +160,23 @@ impl tower::Service<Request> for TestService {
     }
 }
 
+/// The fields the test service's fast lane writes out.
+struct TestFields(u64);
+
+impl WriteFields for TestFields {
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        write_field(out, "x-written", b"as is");
+        write_field(out, "x-number", self.0.to_string().as_bytes());
+    }
+}
+
 impl FastLane for TestService {
+    type Fields = TestFields;
+
     fn call_plain(
         &self,
         request: &PlainRequest<'_>,
-    ) -> Option<futures::future::BoxFuture<'static, Response>> {
+    ) -> Option<futures::future::BoxFuture<'static, Reply<TestFields>>> {
         if !request.target().starts_with(b"/fast") {
             return None;
         }
@@ -177,7 +189,16 @@ impl FastLane for TestService {
                 .map_or("-".to_owned(), |v| String::from_utf8_lossy(&v).into_owned()),
             String::from_utf8_lossy(&request.body()),
         );
-        Some(Box::pin(async move { Response::new(Body::from(text)) }))
+        Some(Box::pin(async move {
+            let mut response = Response::new(Body::from(text));
+            response
+                .headers_mut()
+                .insert("x-from-map", http::HeaderValue::from_static("map"));
+            Reply {
+                response,
+                fields: Some(TestFields(1_000_007)),
+            }
+        }))
     }
 }
 
@@ -657,6 +678,11 @@ async fn the_fast_lane_answers_from_the_request_as_read_and_the_rest_goes_throug
     // The first of two values, found whatever the name's case.
     assert_eq!(fast.text(), "fast POST /fast/one?q=1 first hello");
     assert!(fast.header("date").is_some(), "{fast:?}");
+    // The fields the service wrote out, beside those of its response.
+    assert_eq!(fast.header("x-from-map"), Some("map"), "{fast:?}");
+    assert_eq!(fast.header("x-written"), Some("as is"), "{fast:?}");
+    assert_eq!(fast.header("x-number"), Some("1000007"), "{fast:?}");
+    assert_eq!(fast.header("content-length"), Some("35"), "{fast:?}");
     let echo = c.answer().await.expect("the echo");
     assert_eq!(echo.text(), "POST /echo HTTP/1.1 2 slow-lane");
     let empty = c.answer().await.expect("the fast answer without a body");
