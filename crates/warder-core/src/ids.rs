@@ -65,66 +65,107 @@ impl RequestIdHex {
 }
 
 /// The public part of an API key (`wdr_<id>_…`): safe to log and to store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
+/// Held inline: an id costs no allocation to parse, copy or hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; PUBLIC_ID_LEN]);
 
 impl KeyId {
     /// Accepts an id of the documented shape (8 lowercase alphanumerics).
     pub fn parse(s: &str) -> Option<KeyId> {
-        (s.len() == PUBLIC_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-        .then(|| KeyId(s.to_owned()))
+        let bytes: [u8; PUBLIC_ID_LEN] = s.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            .then_some(KeyId(bytes))
+    }
+
+    /// A fresh random id.
+    fn generate() -> KeyId {
+        let mut bytes = [0; PUBLIC_ID_LEN];
+        for (b, c) in bytes
+            .iter_mut()
+            .zip(rand::thread_rng().sample_iter(&Alphanumeric))
+        {
+            *b = c.to_ascii_lowercase();
+        }
+        KeyId(bytes)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Checked ASCII when parsed or generated.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({:?})", self.as_str())
     }
 }
 
 /// A clear API key, `wdr_` + 8-char public id + `_` + 32+ char secret.
+/// Its secret is owned (`ApiKey`, the default) or borrowed from the text it
+/// was parsed from (`ApiKey<&str>`: what a request's `Authorization` header
+/// is checked as, without an allocation).
 ///
 /// Its `Debug` never shows the secret (and there is no `Display`), so a key
 /// that ends up in a log line by mistake leaks nothing.
 #[derive(Clone)]
-pub struct ApiKey {
+pub struct ApiKey<S = String> {
     id: KeyId,
-    secret: String,
+    secret: S,
 }
 
 impl ApiKey {
     /// Generates a fresh key with a random secret.
     pub fn generate() -> ApiKey {
-        let id = KeyId(new_id(PUBLIC_ID_LEN));
         let secret: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(SECRET_LEN)
             .map(char::from)
             .collect();
-        ApiKey { id, secret }
+        ApiKey {
+            id: KeyId::generate(),
+            secret,
+        }
     }
 
     /// Parses a clear key; `None` when it does not have the documented shape.
     pub fn parse(s: &str) -> Option<ApiKey> {
+        ApiKey::parse_borrowed(s).map(|key| ApiKey {
+            id: key.id,
+            secret: key.secret.to_owned(),
+        })
+    }
+
+    /// Decodes a stored hex hash into a digest for [`ApiKey::matches_digest`].
+    pub fn decode_hash(stored_hex: &str) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(stored_hex, &mut out).ok()?;
+        Some(out)
+    }
+}
+
+impl<'a> ApiKey<&'a str> {
+    /// [`ApiKey::parse`], the secret borrowed from `s`.
+    pub fn parse_borrowed(s: &'a str) -> Option<ApiKey<&'a str>> {
         let rest = s.strip_prefix(KEY_PREFIX)?;
         let (id, secret) = rest.split_at_checked(PUBLIC_ID_LEN)?;
         let secret = secret.strip_prefix('_')?;
         let id = KeyId::parse(id)?;
-        (secret.len() >= MIN_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric())).then(
-            || ApiKey {
-                id,
-                secret: secret.to_owned(),
-            },
-        )
+        (secret.len() >= MIN_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then_some(ApiKey { id, secret })
     }
+}
 
+impl<S: AsRef<str>> ApiKey<S> {
     /// The public id.
     pub fn id(&self) -> &KeyId {
         &self.id
@@ -132,7 +173,7 @@ impl ApiKey {
 
     /// The hex SHA-256 of the secret: what the store keeps.
     pub fn secret_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.secret.as_bytes()))
+        hex::encode(Sha256::digest(self.secret.as_ref().as_bytes()))
     }
 
     /// Compares this key's secret with a stored hash in constant time.
@@ -140,14 +181,14 @@ impl ApiKey {
         let Ok(stored) = hex::decode(stored_hex) else {
             return false;
         };
-        let ours = Sha256::digest(self.secret.as_bytes());
+        let ours = Sha256::digest(self.secret.as_ref().as_bytes());
         ours.as_slice().ct_eq(stored.as_slice()).into()
     }
 
     /// Compares this key's secret with a stored digest (the decoded hash) in
     /// constant time; the cheap form for callers that decoded the hash once.
     pub fn matches_digest(&self, stored: &[u8; 32]) -> bool {
-        let ours = Sha256::digest(self.secret.as_bytes());
+        let ours = Sha256::digest(self.secret.as_ref().as_bytes());
         ours.as_slice().ct_eq(stored.as_slice()).into()
     }
 
@@ -160,24 +201,17 @@ impl ApiKey {
         use siphasher::sip128::{Hasher128, SipHasher24};
         use std::hash::Hasher;
         let mut h = SipHasher24::new_with_key(key);
-        h.write(self.secret.as_bytes());
+        h.write(self.secret.as_ref().as_bytes());
         h.finish128().as_bytes()
-    }
-
-    /// Decodes a stored hex hash into a digest for [`ApiKey::matches_digest`].
-    pub fn decode_hash(stored_hex: &str) -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(stored_hex, &mut out).ok()?;
-        Some(out)
     }
 
     /// The clear key, for the single place it is shown: key creation.
     pub fn expose(&self) -> String {
-        format!("{KEY_PREFIX}{}_{}", self.id, self.secret)
+        format!("{KEY_PREFIX}{}_{}", self.id, self.secret.as_ref())
     }
 }
 
-impl fmt::Debug for ApiKey {
+impl<S> fmt::Debug for ApiKey<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKey({KEY_PREFIX}{}_***)", self.id)
     }

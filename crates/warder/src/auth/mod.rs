@@ -143,17 +143,17 @@ impl AuthService {
     }
 
     /// Parses an `Authorization` header value: `Api-Key <key>` or `Bearer <key>`.
-    pub fn parse_header(value: Option<&str>) -> Result<ApiKey, AuthError> {
+    pub fn parse_header(value: Option<&str>) -> Result<ApiKey<&str>, AuthError> {
         let value = value.ok_or(AuthError::Missing)?.trim();
         let (scheme, key) = value.split_once(' ').ok_or(AuthError::Malformed)?;
         if !(scheme.eq_ignore_ascii_case("api-key") || scheme.eq_ignore_ascii_case("bearer")) {
             return Err(AuthError::Malformed);
         }
-        ApiKey::parse(key.trim()).ok_or(AuthError::Malformed)
+        ApiKey::parse_borrowed(key.trim()).ok_or(AuthError::Malformed)
     }
 
     /// Checks a key: cache first, then the store.
-    pub async fn authenticate(&self, key: &ApiKey) -> Result<Arc<Principal>, AuthError> {
+    pub async fn authenticate(&self, key: &ApiKey<&str>) -> Result<Arc<Principal>, AuthError> {
         let cached = match self.cache.get(key.id()) {
             Some(c) => {
                 self.hits.inc();
@@ -177,7 +177,7 @@ impl AuthService {
                     None => Cached::Unknown,
                 };
                 let found = Arc::new(found);
-                self.cache.insert(key.id().clone(), found.clone());
+                self.cache.insert(*key.id(), found.clone());
                 found
             }
         };

@@ -47,6 +47,18 @@ async fn both_ways_to_a_predict_answer_alike(b: Backend) {
             "{path}"
         );
         assert_eq!(h["ratelimit-limit"], "10", "{path}");
+        assert_eq!(h["content-type"], "application/json", "{path}");
+        // Each field of the head once, whoever wrote it.
+        for name in [
+            "content-type",
+            "x-request-id",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "content-length",
+        ] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{path}: {name}");
+        }
         remaining.push(
             h["ratelimit-remaining"]
                 .to_str()

@@ -134,6 +134,21 @@ pub async fn fake_upstream() -> FakeUpstream {
             }),
         )
         .route(
+            // An answer with fields of the names the gateway writes itself.
+            "/own_fields",
+            post(|| async {
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("x-request-id", "the-model-s-own"),
+                        ("ratelimit-limit", "99"),
+                        ("x-model", "kept"),
+                    ],
+                    "{}",
+                )
+            }),
+        )
+        .route(
             "/invalid_json",
             post(|| async { ([("content-type", "application/json")], "{not json") }),
         )

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 scenarios!(
     envelope_on_every_route,
     raw_mode_passes_json_untouched,
+    raw_mode_answers_carry_the_gateway_s_own_fields,
     sse_is_streamed_chunk_by_chunk,
     binary_is_byte_identical,
     upstream_failures_are_mapped,
@@ -96,6 +97,44 @@ async fn raw_mode_passes_json_untouched(b: Backend) {
         .expect("ct")
         .starts_with("application/json"));
     assert_eq!(resp.text().await.expect("text"), r#"{"a":1}"#);
+}
+
+async fn raw_mode_answers_carry_the_gateway_s_own_fields(b: Backend) {
+    let app = spawn_app(b).await;
+    let up = fake_upstream().await;
+    app.register("own", &up.url("/own_fields"), json!({"response": "raw"}))
+        .await;
+    let policy = app.policy("seven", 100.0, 7).await;
+    let caller = app.caller("ann", &["own"], Some(&policy)).await;
+    let internal = app
+        .caller_with_scopes("ivy", &["own"], None, &["internal"])
+        .await;
+    let values = |resp: &reqwest::Response, name: &str| -> Vec<String> {
+        resp.headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text").to_owned())
+            .collect()
+    };
+    // A limited call: the request id and the limit are the gateway's, once.
+    let resp = app
+        .predict(&caller.key, "/models/own/predict", json!({}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let ids = values(&resp, "x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0].len(), 32, "{ids:?}");
+    assert_eq!(values(&resp, "ratelimit-limit"), ["7"]);
+    assert_eq!(values(&resp, "x-model"), ["kept"]);
+    assert_eq!(values(&resp, "content-type"), ["application/json"]);
+    // An internal call is not limited: the model's own limit field stays.
+    let resp = app
+        .predict(&internal.key, "/models/own/predict_internal", json!({}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-request-id").len(), 1);
+    assert_ne!(values(&resp, "x-request-id"), ["the-model-s-own"]);
+    assert_eq!(values(&resp, "ratelimit-limit"), ["99"]);
 }
 
 async fn sse_is_streamed_chunk_by_chunk(b: Backend) {
