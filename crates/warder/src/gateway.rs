@@ -130,7 +130,10 @@ async fn run(
     let body = match call.body {
         Input::Read(body) if body.len() <= max => body,
         Input::Read(_) => return Err(too_large()),
-        Input::Stream(body) => axum::body::to_bytes(body, max)
+        // Boxed (like the rarer steps below): the fast lane's inputs come
+        // read, and this future would otherwise add to the size of every
+        // predict's, copied whole onto the heap for each request.
+        Input::Stream(body) => Box::pin(axum::body::to_bytes(body, max))
             .await
             .map_err(|_| too_large())?,
     };
@@ -151,7 +154,7 @@ async fn run(
         None => None,
         Some(slots) => {
             let wait = Duration::from_millis(state.config.concurrency_wait_ms);
-            match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            match Box::pin(tokio::time::timeout(wait, slots.clone().acquire_owned())).await {
                 Ok(Ok(p)) => Some(p),
                 _ => {
                     return Err(ApiError::new(
@@ -228,7 +231,7 @@ async fn run(
     let status = upstream.status();
     let (parts, incoming) = upstream.into_parts();
     if !status.is_success() {
-        let bytes = collect_limited(incoming, 64 * 1024, deadline).await;
+        let bytes = Box::pin(collect_limited(incoming, 64 * 1024, deadline)).await;
         let detail = match &bytes {
             Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
@@ -259,6 +262,8 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_json_content_type);
     let response = if is_json && target.version.response == ResponseMode::Envelope {
+        // Not kept while the body is read: it would add to this future.
+        drop(parts);
         let output = match tokio::time::timeout_at(
             deadline,
             http_body_util::Limited::new(incoming, state.config.max_upstream_response_bytes)

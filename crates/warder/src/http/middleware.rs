@@ -19,6 +19,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use warder_core::{ErrorCode, RateDecision, RequestIdHex};
@@ -95,47 +97,56 @@ impl RequestScope {
     /// the metrics and writes the access line. `facts` are the predict's,
     /// when the caller has them in hand; else they are taken from the
     /// response (where the router's predict handlers leave them).
-    pub(crate) async fn end(
+    ///
+    /// Plain functions returning futures, this and [`Self::end_plain`]: as
+    /// `async fn`s, each would keep its arguments beside what they are
+    /// moved into, in the future every request copies onto the heap.
+    pub(crate) fn end<'a>(
         self,
-        state: &SharedState,
+        state: &'a SharedState,
         response: Response,
         key_id: Option<Arc<str>>,
         facts: Option<RequestFacts>,
-    ) -> Response {
-        let (mut response, fields) = self.close(state, response, key_id, facts).await;
-        let headers = response.headers_mut();
-        if fields.json {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
-        }
-        if let Ok(v) = HeaderValue::from_str(fields.request_id.as_str()) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
-        for (name, value) in fields.rate.iter().flat_map(rate_limit_fields) {
-            headers.insert(name.clone(), HeaderValue::from(value));
-        }
-        response
+    ) -> impl Future<Output = Response> + 'a {
+        reshaped(response).map(move |response| {
+            let (mut response, fields) = self.close(state, response, key_id, facts);
+            let headers = response.headers_mut();
+            if fields.json {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+            }
+            if let Ok(v) = HeaderValue::from_str(fields.request_id.as_str()) {
+                headers.insert(X_REQUEST_ID.clone(), v);
+            }
+            for (name, value) in fields.rate.iter().flat_map(rate_limit_fields) {
+                headers.insert(name.clone(), HeaderValue::from(value));
+            }
+            response
+        })
     }
 
     /// [`Self::end`] for the fast lane: the same answer, its fields written
     /// out by the listener beside the response's headers (which do not hold
     /// them: the gateway does not pass a model's own on).
-    pub(crate) async fn end_plain(
+    pub(crate) fn end_plain<'a>(
         self,
-        state: &SharedState,
+        state: &'a SharedState,
         response: Response,
         key_id: Option<Arc<str>>,
         facts: RequestFacts,
-    ) -> Reply<AnswerFields> {
-        let (response, fields) = self.close(state, response, key_id, Some(facts)).await;
-        Reply {
-            response,
-            fields: Some(fields),
-        }
+    ) -> impl Future<Output = Reply<AnswerFields>> + 'a {
+        reshaped(response).map(move |response| {
+            let (response, fields) = self.close(state, response, key_id, Some(facts));
+            Reply {
+                response,
+                fields: Some(fields),
+            }
+        })
     }
 
-    /// What [`Self::end`] and [`Self::end_plain`] share: all but the fields
-    /// of the answer's head, which it returns.
-    async fn close(
+    /// What [`Self::end`] and [`Self::end_plain`] share once the response
+    /// is [`reshaped`]: all but the fields of the answer's head, which it
+    /// returns.
+    fn close(
         self,
         state: &SharedState,
         mut response: Response,
@@ -146,15 +157,6 @@ impl RequestScope {
         let trace = self.trace;
         let route = self.route;
         let request_id = trace.request_id.hex();
-        if response.status().as_u16() >= 400
-            && response.extensions().get::<ApiError>().is_none()
-            && response.extensions().get::<Proxied>().is_none()
-        {
-            // A refusal produced by an axum extractor (bad path or query
-            // encoding, …): give it the documented shape too.
-            // Boxed, being rare: it would otherwise set this future's size.
-            response = Box::pin(reshape_rejection(response)).await;
-        }
         if let Some(err) = response.extensions_mut().remove::<ApiError>() {
             let body = err.body(Some(&trace.request_id));
             *response.body_mut() = Body::from(body.to_string());
@@ -244,6 +246,20 @@ impl WriteFields for AnswerFields {
             );
         }
     }
+}
+
+/// A refusal produced by an axum extractor (bad path or query encoding, …)
+/// in the documented error shape too; any other response as it is.
+async fn reshaped(response: Response) -> Response {
+    if response.status().as_u16() >= 400
+        && response.extensions().get::<ApiError>().is_none()
+        && response.extensions().get::<Proxied>().is_none()
+    {
+        // Boxed, being rare: it would otherwise set the size of every
+        // request's future.
+        return Box::pin(reshape_rejection(response)).await;
+    }
+    response
 }
 
 /// Marks a response passed through from an upstream (its errors are its own).

@@ -260,7 +260,13 @@ impl Http1Pool {
         loop {
             let (conn, reused) = match host.checkout_raw() {
                 Some(conn) => (conn, true),
-                None => (RawConn::new(self.dial(&host).await?.into_inner()), false),
+                // Boxed: connecting is rare on a warm pool, and its future
+                // would otherwise add to the size of this one, copied whole
+                // for every call.
+                None => (
+                    RawConn::new(Box::pin(self.dial(&host)).await?.into_inner()),
+                    false,
+                ),
             };
             match exchange::send(conn, &wire, host.clone()).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::raw)),
