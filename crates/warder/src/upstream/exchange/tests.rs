@@ -76,6 +76,29 @@ fn framing_follows_rfc_9112() {
 }
 
 #[test]
+fn heads_are_split_off_in_turn_with_their_values_as_sent() {
+    // An interim answer, the final one and the start of its body, read at
+    // once: each head is taken off the front, its values intact.
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 100 Continue\r\nx-early: 1\r\n\r\n\
+           HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX-Model:  kept as is \r\nx-empty:\r\n\r\nhello"
+            [..],
+    );
+    let interim = parse_head(&mut buf).expect("valid").expect("complete");
+    assert_eq!(interim.status, StatusCode::CONTINUE);
+    assert_eq!(interim.headers["x-early"], "1");
+    let last = parse_head(&mut buf).expect("valid").expect("complete");
+    assert_eq!(last.status, StatusCode::OK);
+    assert_eq!(last.framing, Framing::Length(5));
+    assert_eq!(last.headers["x-model"], "kept as is");
+    assert_eq!(last.headers["x-empty"], "");
+    assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+    // The values outlive the buffer they were read into.
+    drop(buf);
+    assert_eq!(last.headers["x-model"].as_bytes(), b"kept as is");
+}
+
+#[test]
 fn only_http_1_1_without_connection_close_is_kept_alive() {
     let k = |t: &str| head(t).keep_alive;
     assert!(k("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"));
