@@ -311,11 +311,7 @@ async fn run(
         let ours = |name: &HeaderName| {
             name == X_REQUEST_ID || (decision.is_some() && RATE_LIMIT_NAMES.contains(name))
         };
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && !ours(name) {
-                r.headers_mut().append(name.clone(), value.clone());
-            }
-        }
+        copy_end_to_end_headers_but(&parts.headers, r.headers_mut(), ours);
         r
     };
     facts.rate = decision;
@@ -596,8 +592,17 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Copies every end-to-end header.
 pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    copy_end_to_end_headers_but(from, to, |_| false);
+}
+
+/// Copies every end-to-end header but those `skip` names.
+fn copy_end_to_end_headers_but(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    skip: impl Fn(&HeaderName) -> bool,
+) {
     for (name, value) in from {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) && !skip(name) {
             to.append(name.clone(), value.clone());
         }
     }

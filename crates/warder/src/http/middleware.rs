@@ -160,10 +160,9 @@ impl RequestScope {
         if let Some(err) = response.extensions_mut().remove::<ApiError>() {
             let body = err.body(Some(&trace.request_id));
             *response.body_mut() = Body::from(body.to_string());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         let elapsed = self.start.elapsed();
@@ -225,7 +224,7 @@ pub struct AnswerFields {
     json: bool,
 }
 
-/// The envelope's `Content-Type`.
+/// The `Content-Type` of warder's own JSON answers (envelopes, errors).
 const JSON: &str = "application/json";
 
 impl WriteFields for AnswerFields {
