@@ -256,8 +256,19 @@ pub async fn submit(
     }
 
     let now = Timestamp::now();
+    // The request id names the job for good, so it is new for every job. A
+    // caller's `traceparent` names a whole trace, which may hold many
+    // submits: the job gets an id of its own then, and its "async request
+    // queued" line keeps the caller's trace id beside it. (Taken as the
+    // job's id, a caller's trace id made the second submit of a trace a
+    // conflict, and told a caller whether another tenant's request id
+    // existed.)
+    let id = match call.trace.parent_span_id {
+        Some(_) => RequestId::generate(),
+        None => call.trace.request_id,
+    };
     let job = NewJob {
-        id: call.trace.request_id.to_hex(),
+        id: id.to_hex(),
         user_id: call.principal.user_id.to_string(),
         key_id: call.principal.key_id.to_string(),
         model_id: target.model.id.clone(),
@@ -289,7 +300,10 @@ pub async fn submit(
     // its call back.
     gateway::take_quota(state, &call.principal, &target, &limits).await?;
     let may_hand_off = target.version.max_concurrency.is_none();
-    let enqueued = state.submitter.enqueue(job, may_hand_off).await;
+    let enqueued = state
+        .submitter
+        .enqueue(job, may_hand_off, call.trace.request_id)
+        .await;
     if !matches!(enqueued, Ok(Enqueued::Created(_))) {
         state.quotas.refund(
             &call.principal.key_id,

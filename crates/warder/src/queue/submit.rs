@@ -20,7 +20,7 @@ use crate::queue::Signals;
 use crate::telemetry::lifecycle;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use warder_core::{Enqueued, NewJob, Store, StoreError, StoreResult};
+use warder_core::{Enqueued, NewJob, RequestId, Store, StoreError, StoreResult};
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 512;
@@ -32,10 +32,15 @@ const MAX_BATCH: usize = 512;
 /// measurable. `bench/`, async on PostgreSQL: 9.9 k → 10.2 k jobs/s.
 const COMMITS_IN_FLIGHT: u32 = 2;
 
-/// A submit waiting for its batch, and whether it may be handed to the
+/// A submit waiting for its batch: the job, whether it may be handed to the
 /// local worker (its version has no `max_concurrency`, which only a claim
-/// checks across workers).
-type Pending = (NewJob, bool, oneshot::Sender<StoreResult<Enqueued>>);
+/// checks across workers), and the trace the submit came in on.
+type Pending = (
+    NewJob,
+    bool,
+    RequestId,
+    oneshot::Sender<StoreResult<Enqueued>>,
+);
 
 /// The submitting side, held by the request handlers; cheap to clone.
 #[derive(Clone)]
@@ -68,11 +73,17 @@ impl Submitter {
     /// Stores `job` (or finds the owner's earlier one with its idempotency
     /// key) and answers once it is committed. A new job is queued, or, when
     /// `may_hand_off` and the local worker has a free slot and no backlog,
-    /// stored leased to that worker and started at once.
-    pub async fn enqueue(&self, job: NewJob, may_hand_off: bool) -> StoreResult<Enqueued> {
+    /// stored leased to that worker and started at once. `trace` is the
+    /// trace of the submit, named in the job's "async request queued" line.
+    pub async fn enqueue(
+        &self,
+        job: NewJob,
+        may_hand_off: bool,
+        trace: RequestId,
+    ) -> StoreResult<Enqueued> {
         let (done, answer) = oneshot::channel();
         self.tx
-            .send((job, may_hand_off, done))
+            .send((job, may_hand_off, trace, done))
             .await
             .map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
@@ -112,12 +123,12 @@ async fn commit(store: &dyn Store, next: &Next, batch: Vec<Pending>) {
     let mut jobs = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     let mut eligible = Vec::new();
-    for (job, may_hand_off, answer) in batch {
+    for (job, may_hand_off, trace, answer) in batch {
         if may_hand_off {
             eligible.push(jobs.len());
         }
         jobs.push(job);
-        answers.push(answer);
+        answers.push((trace, answer));
     }
     // The first eligible jobs in priority order, up to the worker's free
     // slots, are stored leased to it; each keeps its slot in `permits`.
@@ -143,12 +154,14 @@ async fn commit(store: &dyn Store, next: &Next, batch: Vec<Pending>) {
         Err(e) => (0..jobs.len()).map(|_| Err(e.clone())).collect(),
     };
     let mut queued = false;
-    for (((job, answer), permit), result) in jobs.iter().zip(answers).zip(permits).zip(results) {
+    for (((job, (trace, answer)), permit), result) in
+        jobs.iter().zip(answers).zip(permits).zip(results)
+    {
         if let Ok(Enqueued::Created(id)) = &result {
             // The queue phase of the request's life, under its trace id
             // like each attempt (`async.attempt`) and delivery
             // (`async.webhook`); logged before an attempt can start.
-            lifecycle::queued(id, &job.model_id);
+            lifecycle::queued(id, trace.hex().as_str(), &job.model_id);
             match (job.leased(), permit, &next.worker) {
                 (Some(lease), Some(permit), Some(worker)) => worker.start(lease, permit),
                 _ => queued = true,

@@ -42,11 +42,15 @@ pub fn attempt_span(id: &str, model: &str, attempt: u32) -> Span {
 }
 
 /// "async request queued": the submit of `id` for `model` was committed.
-pub fn queued(id: &str, model: &str) {
+/// Its span is the request's own trace (`id`); its `trace_id` field is the
+/// trace the submit came in on (`submit_trace`): `id` again, unless the
+/// caller sent its own `traceparent`, whose trace this line then links to
+/// the request's.
+pub fn queued(id: &str, submit_trace: &str, model: &str) {
     if tracing::enabled!(target: QUEUE, Level::INFO)
-        && !write_line(|out| queued_line(out, id, model))
+        && !write_line(|out| queued_line(out, id, submit_trace, model))
     {
-        queued_by_tracing(id, model);
+        queued_by_tracing(id, submit_trace, model);
     }
 }
 
@@ -112,19 +116,19 @@ fn delivery_by_tracing(d: &Delivered<'_>) {
     });
 }
 
-fn queued_line(out: &mut Vec<u8>, id: &str, model: &str) {
+fn queued_line(out: &mut Vec<u8>, id: &str, submit_trace: &str, model: &str) {
     head(out, "async request queued");
     out.extend_from_slice(b",\"trace_id\":");
-    string(out, id);
+    string(out, submit_trace);
     out.extend_from_slice(b",\"model\":");
     string(out, model);
     tail(out, QUEUE, "async.queue", id, Some(model), None);
 }
 
-fn queued_by_tracing(id: &str, model: &str) {
-    queue_span(id, model).in_scope(
-        || tracing::info!(target: QUEUE, trace_id = %id, model = %model, "async request queued"),
-    );
+fn queued_by_tracing(id: &str, submit_trace: &str, model: &str) {
+    queue_span(id, model).in_scope(|| {
+        tracing::info!(target: QUEUE, trace_id = %submit_trace, model = %model, "async request queued")
+    });
 }
 
 fn finished_line(out: &mut Vec<u8>, id: &str, model: &str, attempt: u32, outcome: &str) {
@@ -225,15 +229,19 @@ mod tests {
     }
 
     const ID: &str = "b9d645ed09d758254bd174d8caba1b1e";
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
     #[test]
     fn the_queued_line_is_the_json_layers_line_even_for_odd_text() {
-        for model in ["0mmlgkrv", "odd \"model\" \\ \n"] {
-            let traced = by_tracing(|| queued_by_tracing(ID, model));
-            let line = same_but_time(&traced, &by_hand(|out| queued_line(out, ID, model)));
+        for (model, trace) in [("0mmlgkrv", ID), ("odd \"model\" \\ \n", CALLER_TRACE)] {
+            let traced = by_tracing(|| queued_by_tracing(ID, trace, model));
+            let hand = by_hand(|out| queued_line(out, ID, trace, model));
+            let line = same_but_time(&traced, &hand);
             assert_eq!(line["span"]["name"], "async.queue");
             assert_eq!(line["span"]["model"], model);
-            assert_eq!(line["trace_id"], ID);
+            assert_eq!(line["span"]["trace_id"], ID);
+            assert_eq!(line["span"]["request_id"], ID);
+            assert_eq!(line["trace_id"], trace, "the trace the submit came in on");
         }
     }
 
@@ -280,9 +288,10 @@ mod tests {
         assert_eq!(line["message"], "async request finished");
         assert_eq!(line["span"]["name"], "async.attempt");
         assert_eq!(line["span"]["trace_id"], ID);
-        let line = parse(by_tracing(|| queued(ID, "m1")));
+        let line = parse(by_tracing(|| queued(ID, CALLER_TRACE, "m1")));
         assert_eq!(line["span"]["name"], "async.queue");
-        assert_eq!(line["trace_id"], ID);
+        assert_eq!(line["span"]["trace_id"], ID);
+        assert_eq!(line["trace_id"], CALLER_TRACE);
         let line = parse(by_tracing(|| {
             webhook_delivery(&Delivered {
                 id: ID,

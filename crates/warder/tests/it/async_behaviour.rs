@@ -1,7 +1,8 @@
 //! Async queue behaviour across its moving parts: the order jobs are run
 //! in, a version's concurrency cap shared by several workers, retries of
 //! timeouts and refused connections, retention of finished requests,
-//! rotated webhook secrets and the PostgreSQL wake-up of an idle worker.
+//! rotated webhook secrets, the PostgreSQL wake-up of an idle worker, and
+//! submits that share a caller's trace.
 
 use crate::async_support::*;
 use crate::helpers::*;
@@ -19,6 +20,7 @@ scenarios!(
     a_refused_connection_is_retried_until_attempts_run_out,
     finished_requests_are_kept_until_retention_then_gone,
     a_rotated_out_secret_stops_signing_once_its_validity_ends,
+    submits_under_one_caller_trace_are_separate_requests,
 );
 
 async fn priority_first_then_age_within_a_priority(b: Backend) {
@@ -434,4 +436,80 @@ async fn postgres_notify_wakes_an_idle_worker_long_before_its_poll() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     worker.stop().await;
+}
+
+/// A caller's `traceparent` names a trace that may hold many submits, and
+/// another tenant may send any trace id: each submit is a request of its
+/// own, and the trace id answers as `X-Request-Id` as on every route.
+async fn submits_under_one_caller_trace_are_separate_requests(b: Backend) {
+    let app = spawn_app_with(b, fast_queue).await;
+    let model = scripted_model().await;
+    app.register("m", &model.url("/flaky/0/503"), json!({}))
+        .await;
+    let alice = app.caller("alice", &["m"], None).await;
+    let bob = app.caller("bob", &["m"], None).await;
+    let traced = |key: &str, trace: &str, parent: &str| {
+        app.client
+            .post(format!("{}/models/m/async_predict", app.url))
+            .header("Authorization", format!("Api-Key {key}"))
+            .header("traceparent", format!("00-{trace}-{parent}-01"))
+            .json(&json!({"model_input": {"n": parent}}))
+            .send()
+    };
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut ids = Vec::new();
+    for parent in ["00f067aa0ba902b7", "00f067aa0ba902b8"] {
+        let resp = traced(&alice.key, trace, parent).await.expect("sent");
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.headers()["x-request-id"], trace);
+        let body: Value = resp.json().await.expect("JSON");
+        let id = body["request_id"].as_str().expect("id").to_owned();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, trace, "a caller's trace id is not taken as a job's id");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    // Another tenant sending alice's request id as its trace learns nothing
+    // and disturbs nothing.
+    let resp = traced(&bob.key, &ids[0], "00f067aa0ba902b9")
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.expect("JSON");
+    let bobs = body["request_id"].as_str().expect("id").to_owned();
+    assert!(!ids.contains(&bobs));
+    for (key, id) in [
+        (&alice.key, &ids[0]),
+        (&alice.key, &ids[1]),
+        (&bob.key, &bobs),
+    ] {
+        let done = wait_for_status(&app, key, id, "SUCCEEDED").await;
+        assert_eq!(done["request_id"], id.as_str());
+    }
+    let (s, _) = app
+        .call_with_key(
+            &bob.key,
+            Method::GET,
+            &format!("/async_request/{}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "alice's request stays hers");
+    // Each job's model call carries the job's own trace.
+    let tp = model
+        .log
+        .last_headers
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("called")["traceparent"]
+        .to_str()
+        .expect("traceparent")
+        .to_owned();
+    assert!(
+        [&ids[0], &ids[1], &bobs]
+            .iter()
+            .any(|id| tp.starts_with(&format!("00-{id}-"))),
+        "{tp}"
+    );
 }
