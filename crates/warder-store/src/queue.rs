@@ -176,8 +176,8 @@ fn rows_per_statement(dialect: Dialect) -> usize {
 /// about a tenth of the server's CPU per async job (`perf`, `bench/`).
 /// From 4 on each size is a half or a third above the one before, so a
 /// statement carries under half as many rows again as asked, and a few
-/// texts stay prepared with a cached plan. A copy of the first row changes
-/// nothing: a repeated insert is skipped by `ON CONFLICT DO NOTHING`. (A
+/// texts stay prepared with a cached plan. A padding row, the first row
+/// with a NULL id, changes nothing: the statement leaves it out. (A
 /// batch of outcomes is planned for each run instead, and not padded: see
 /// `finish_succeeded`.) SQLite keeps a compiled statement per text and
 /// plans nothing per run.
@@ -213,17 +213,40 @@ impl TextsByRows {
 }
 
 /// The insert of `rows` jobs ([`SqlStore::insert_jobs`] binds 21 values per
-/// row, in this order).
+/// row, in this order). A row whose id is NULL (the padding of
+/// [`padded_rows`]) is left out; a row whose owner used its idempotency key
+/// before is skipped; a row whose id is stored already fails the statement.
+///
+/// Only the idempotency index is checked before each row goes in. `ON
+/// CONFLICT DO NOTHING` without a target looks every row up in every unique
+/// index first, the primary key included, and then again as it inserts: on
+/// PostgreSQL that look-up was about 7 % of the server's CPU per async job
+/// (`perf`, `bench/`). Job ids are made by warder, 128 random bits, and a
+/// batch's repeats are answered before it is stored
+/// ([`SqlStore::enqueue_on`]); the partial idempotency index skips rows
+/// without a key.
 fn insert_sql(rows: usize) -> String {
-    const COLUMNS: usize = 21;
-    let mut sql = String::from(
-        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, webhook_status, \
-         webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
-         max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
-         lease_owner, lease_token, lease_expires_at, cancel_requested, webhook_attempts) VALUES ",
+    let mut sql = format!("INSERT INTO async_jobs ({INSERT_COLUMNS}) SELECT * FROM (VALUES ");
+    push_insert_rows(&mut sql, rows);
+    sql.push_str(
+        ") AS v WHERE v.column1 IS NOT NULL \
+         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+         RETURNING id",
     );
+    sql
+}
+
+/// The columns a submit writes, in the order of [`push_insert_rows`].
+const INSERT_COLUMNS: &str = "id, user_id, key_id, model_id, version_id, status, webhook_status, \
+     webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
+     max_delay_ms, idempotency_key, created_at, queue_deadline, run_after, started_at, \
+     lease_owner, lease_token, lease_expires_at, cancel_requested, webhook_attempts";
+
+/// `rows` rows of [`INSERT_COLUMNS`], 21 parameters each.
+fn push_insert_rows(sql: &mut String, rows: usize) {
+    const PARAMS: usize = 21;
     for n in 0..rows {
-        let p = |i: usize| n * COLUMNS + i;
+        let p = |i: usize| n * PARAMS + i;
         if n > 0 {
             sql.push_str(", ");
         }
@@ -236,8 +259,6 @@ fn insert_sql(rows: usize) -> String {
             p(14), p(15), p(16), p(17), p(16), p(18), p(19), p(20), p(21)
         );
     }
-    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
-    sql
 }
 
 /// The update recording `rows` successes: `$1` now, `$2` the retention
@@ -259,12 +280,19 @@ fn finish_succeeded_sql(rows: usize) -> String {
         );
     }
     // `columnN` names the VALUES columns in both dialects; the `f_` names
-    // keep `RETURNING id` unambiguous.
+    // keep `RETURNING id` unambiguous. `status || ''` keeps the planner
+    // from reading the batch's jobs off `async_jobs_running`: with a
+    // batch of more than about 20 rows, PostgreSQL took a bitmap scan of
+    // that whole index (every running job) hashed against the batch as
+    // cheaper than a look-up by id per row. A bitmap scan never marks the
+    // entries of finished jobs dead, so each such scan read all of them
+    // again: about 6 000 index entries, 3–4 ms, per batch in `bench/`.
+    // Looked up by id, a batch takes what it names.
     format!(
         "UPDATE async_jobs SET status = 'SUCCEEDED', output = v.f_output, errors = v.f_errors, {} \
          FROM (SELECT column1 AS f_id, column2 AS f_token, column3 AS f_output, column4 AS f_errors \
                FROM (VALUES {values}) AS vals) AS v \
-         WHERE id = v.f_id AND lease_token = v.f_token AND status = 'IN_PROGRESS' \
+         WHERE id = v.f_id AND lease_token = v.f_token AND status || '' = 'IN_PROGRESS' \
          RETURNING id",
         finished_set(1, 2)
     )
@@ -495,8 +523,10 @@ impl SqlStore {
                     .map_err(|e| StoreError::Other(e.to_string()))?; )*
             };
         }
+        // Padding repeats the first row with a NULL id, which the statement
+        // leaves out.
         let first = jobs.iter().take(1).cycle();
-        for job in jobs.iter().chain(first).take(rows) {
+        for (n, job) in jobs.iter().chain(first).take(rows).enumerate() {
             let webhook_status = if job.webhook_url.is_some() {
                 WebhookStatus::Pending
             } else {
@@ -515,7 +545,7 @@ impl SqlStore {
                 None => (JobStatus::Queued, 0, None, None, 0, None),
             };
             bind!(
-                job.id.clone(),
+                (n < jobs.len()).then(|| job.id.clone()),
                 job.user_id.clone(),
                 job.key_id.clone(),
                 job.model_id.clone(),
@@ -652,21 +682,22 @@ impl SqlStore {
         // Only a capped version's freed slot lets another worker claim:
         // workers with free capacity claim on their own.
         if (0..items.len()).any(|i| applied[i] && items[i].capped) {
-            self.announce_freed_slots(conn).await;
+            self.announce_work(conn).await;
         }
         Ok(applied)
     }
 
     /// Tells every worker (PostgreSQL `NOTIFY`, delivered at commit) that
-    /// jobs left IN_PROGRESS: a capped version may have a free slot. Once
-    /// per batch, where a row trigger would run once per job (see migration
-    /// 0008). SQLite has no channel: its workers poll.
+    /// there may be work to claim: a job was queued, or jobs left
+    /// IN_PROGRESS and a capped version may have a free slot. Once per batch,
+    /// where a trigger would run for every statement or every row (see
+    /// migrations 0008 and 0011). SQLite has no channel: its workers poll.
     ///
-    /// A failure is logged, not returned: the outcomes before it may be
+    /// A failure is logged, not returned: the writes before it may be
     /// committed already, and a missed wake-up only leaves other workers to
     /// their poll timer. Inside a transaction, the failed statement aborts
     /// it and the commit reports the error.
-    async fn announce_freed_slots(&self, conn: &mut sqlx::AnyConnection) {
+    async fn announce_work(&self, conn: &mut sqlx::AnyConnection) {
         if self.dialect() != Dialect::Postgres {
             return;
         }
@@ -674,7 +705,7 @@ impl SqlStore {
             .execute(conn)
             .await
         {
-            tracing::warn!(error = %e, "announcing freed async slots failed");
+            tracing::warn!(error = %e, "announcing async work failed");
         }
     }
 
@@ -688,7 +719,22 @@ impl SqlStore {
         // first, by owner and key, then by id), so that two batches
         // committing at once, in this process or on another node, that share
         // a key wait for each other instead of deadlocking.
-        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        //
+        // An id given twice is a conflict for the later job, answered here:
+        // in a statement, the second row would fail the whole batch.
+        let mut out: Vec<Option<StoreResult<Enqueued>>> = vec![None; jobs.len()];
+        let mut ids = HashSet::with_capacity(jobs.len());
+        let mut order: Vec<usize> = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            if ids.insert(job.id.as_str()) {
+                order.push(i);
+            } else {
+                out[i] = Some(Err(StoreError::Conflict(format!(
+                    "async request '{}'",
+                    job.id
+                ))));
+            }
+        }
         order.sort_by_key(|&i| {
             let j = &jobs[i];
             (
@@ -698,18 +744,23 @@ impl SqlStore {
                 &j.id,
             )
         });
-        let mut out: Vec<Option<StoreResult<Enqueued>>> = vec![None; jobs.len()];
+        let mut queued = false;
         for chunk in order.chunks(rows_per_statement(self.dialect())) {
             let rows: Vec<&NewJob> = chunk.iter().map(|&i| &jobs[i]).collect();
             let padded = padded_rows(self.dialect(), rows.len());
             let inserted = Self::insert_jobs(conn, &rows, padded).await?;
             for ((&i, job), new) in chunk.iter().zip(&rows).zip(inserted) {
+                queued |= new && job.lease.is_none();
                 out[i] = Some(if new {
                     Ok(Enqueued::Created(job.id.clone()))
                 } else {
                     Self::existing_job(conn, job).await
                 });
             }
+        }
+        // Jobs handed to a worker at submit leave nothing to claim.
+        if queued {
+            self.announce_work(conn).await;
         }
         Ok(out
             .into_iter()
@@ -1062,7 +1113,7 @@ impl JobQueue for SqlStore {
         }
         if rescued > 0 {
             let mut conn = self.writer().acquire().await.map_err(map_err)?;
-            self.announce_freed_slots(&mut conn).await;
+            self.announce_work(&mut conn).await;
         }
         Ok(rescued)
     }

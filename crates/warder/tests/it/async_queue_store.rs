@@ -220,6 +220,31 @@ async fn a_batch_of_submits_is_one_group_commit_with_idempotency(b: Backend) {
     }
     let counts = store.queue_counts(&model.model_id).await.expect("counts");
     assert_eq!(counts.queued, 3);
+
+    // An id stored before fails its batch whole: nothing of it is stored.
+    let clash = vec![
+        job(&model, &caller, &request_id(15), None),
+        job(&model, &caller, &request_id(16), Some("fresh")),
+        job(&model, &caller, &request_id(12), None),
+    ];
+    assert!(
+        matches!(
+            store.enqueue_jobs(&clash).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a stored id is a conflict"
+    );
+    for n in [15, 16] {
+        assert!(store.get_job(&request_id(n)).await.expect("get").is_none());
+    }
+    assert_eq!(
+        store
+            .queue_counts(&model.model_id)
+            .await
+            .expect("counts")
+            .queued,
+        3
+    );
 }
 
 /// One `finish_jobs` call with many outcomes (successes are written
