@@ -461,9 +461,9 @@ pub trait JobQueue: Send + Sync {
     /// Stores several new jobs in one transaction (group commit), with one
     /// answer per job in order, each as [`JobQueue::enqueue_job`] gives it.
     /// An `Err` of the whole call means none was stored. Ids must be new:
-    /// an id given twice in the batch is a `Conflict` for the later job,
-    /// and a batch holding an id stored before fails whole with `Conflict`
-    /// (warder makes ids of 128 random bits). The default calls
+    /// an id given twice is a `Conflict` for the later job, and the SQL
+    /// store fails a batch that holds an id stored before whole, with
+    /// `Conflict` (warder makes ids of 128 random bits). The default calls
     /// `enqueue_job` for each; backends override it to commit once.
     async fn enqueue_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         let mut out = Vec::with_capacity(jobs.len());

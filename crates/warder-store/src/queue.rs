@@ -236,6 +236,20 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
+/// [`insert_sql`], and a `NOTIFY` to the workers of every process in the
+/// same statement (PostgreSQL): its rows are visible when it is delivered,
+/// at commit. Used for rows of which one at least is queued (not handed to
+/// a worker). In a statement of its own after the insert, outside a
+/// transaction, the `NOTIFY` was a second commit, with its WAL flush, before
+/// the submits could be answered.
+fn insert_and_wake_sql(rows: usize) -> String {
+    format!(
+        "WITH ins AS ({}) SELECT ins.id FROM ins \
+         CROSS JOIN (SELECT pg_notify('warder_async', 'work')) AS n",
+        insert_sql(rows)
+    )
+}
+
 /// The columns a submit writes, in the order of [`push_insert_rows`].
 const INSERT_COLUMNS: &str = "id, user_id, key_id, model_id, version_id, status, webhook_status, \
      webhook_url, priority, input, output, errors, attempts, max_attempts, initial_delay_ms, \
@@ -502,20 +516,26 @@ impl SqlStore {
         rows.iter().map(|v| get(v, "version_id")).collect()
     }
 
-    /// Inserts `jobs` in one statement, skipping those that collide with a
-    /// unique index (an id, or the owner's idempotency key); answers, per
-    /// job, whether it was inserted. `DO NOTHING` instead of catching the
-    /// error, because a failed statement aborts a PostgreSQL transaction and
-    /// the batch around it; one statement instead of one per job, because on
-    /// PostgreSQL each is a round trip and an executor start.
+    /// Inserts `jobs` in one statement, skipping those whose owner used
+    /// their idempotency key before; answers, per job, whether it was
+    /// inserted. `DO NOTHING` instead of catching the error, because a
+    /// failed statement aborts a PostgreSQL transaction and the batch around
+    /// it; one statement instead of one per job, because on PostgreSQL each
+    /// is a round trip and an executor start. With `wake`, the statement
+    /// also wakes the workers of every process ([`insert_and_wake_sql`]).
     async fn insert_jobs(
         conn: &mut sqlx::AnyConnection,
         jobs: &[&NewJob],
         rows: usize,
+        wake: bool,
     ) -> StoreResult<Vec<bool>> {
         static TEXTS: TextsByRows = TextsByRows::new();
+        static WAKING_TEXTS: TextsByRows = TextsByRows::new();
         let rows = rows.max(jobs.len());
-        let sql = TEXTS.get(rows, insert_sql);
+        let sql = match wake {
+            false => TEXTS.get(rows, insert_sql),
+            true => WAKING_TEXTS.get(rows, insert_and_wake_sql),
+        };
         let mut args = sqlx::any::AnyArguments::default();
         macro_rules! bind {
             ($($v:expr),* $(,)?) => {
@@ -572,7 +592,8 @@ impl SqlStore {
     }
 
     /// What a job that was not inserted is: the owner's earlier job with the
-    /// same idempotency key, else a conflict (an id collision).
+    /// same idempotency key (a job without a key is always inserted, or
+    /// fails its statement; a conflict answers it should that change).
     async fn existing_job(conn: &mut sqlx::AnyConnection, job: &NewJob) -> StoreResult<Enqueued> {
         let Some(key) = &job.idempotency_key else {
             return Err(StoreError::Conflict(format!("async request '{}'", job.id)));
@@ -688,10 +709,11 @@ impl SqlStore {
     }
 
     /// Tells every worker (PostgreSQL `NOTIFY`, delivered at commit) that
-    /// there may be work to claim: a job was queued, or jobs left
-    /// IN_PROGRESS and a capped version may have a free slot. Once per batch,
-    /// where a trigger would run for every statement or every row (see
-    /// migrations 0008 and 0011). SQLite has no channel: its workers poll.
+    /// jobs left IN_PROGRESS: a capped version may have a free slot. Once
+    /// per batch, where a row trigger would run once per job (see migration
+    /// 0008; a submit batch that queued a job wakes the workers in its
+    /// insert, [`insert_and_wake_sql`]). SQLite has no channel: its workers
+    /// poll.
     ///
     /// A failure is logged, not returned: the writes before it may be
     /// committed already, and a missed wake-up only leaves other workers to
@@ -744,23 +766,20 @@ impl SqlStore {
                 &j.id,
             )
         });
-        let mut queued = false;
         for chunk in order.chunks(rows_per_statement(self.dialect())) {
             let rows: Vec<&NewJob> = chunk.iter().map(|&i| &jobs[i]).collect();
             let padded = padded_rows(self.dialect(), rows.len());
-            let inserted = Self::insert_jobs(conn, &rows, padded).await?;
+            // Jobs handed to a worker at submit leave nothing to claim.
+            let wake =
+                self.dialect() == Dialect::Postgres && rows.iter().any(|j| j.lease.is_none());
+            let inserted = Self::insert_jobs(conn, &rows, padded, wake).await?;
             for ((&i, job), new) in chunk.iter().zip(&rows).zip(inserted) {
-                queued |= new && job.lease.is_none();
                 out[i] = Some(if new {
                     Ok(Enqueued::Created(job.id.clone()))
                 } else {
                     Self::existing_job(conn, job).await
                 });
             }
-        }
-        // Jobs handed to a worker at submit leave nothing to claim.
-        if queued {
-            self.announce_work(conn).await;
         }
         Ok(out
             .into_iter()

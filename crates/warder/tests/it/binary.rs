@@ -506,6 +506,40 @@ async fn an_async_requests_log_lines_carry_its_trace_id() {
     assert_eq!(submit[0]["status"], 201);
     assert_eq!(submit[0]["model"], finished["model_id"]);
     assert_eq!(submit[0]["version"], finished["model_version_id"]);
+
+    // Under a caller's trace the request has an id of its own; its queued
+    // line names the caller's trace beside it.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let resp = client
+        .post(format!("{base}/models/echo/async_predict"))
+        .header("Authorization", format!("Api-Key {user_key}"))
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&json!({"model_input": {"hello": "traced"}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status().as_u16(), 201);
+    let traced = resp.json::<Value>().await.expect("json")["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    assert_ne!(traced, trace);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let queued = loop {
+        let lines = running.output.lock().map(|o| o.clone()).expect("output");
+        let found = lines
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "async request queued" && v["span"]["trace_id"] == traced);
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no queued line for {traced}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(queued["trace_id"], trace, "{queued}");
+    assert_eq!(queued["span"]["request_id"], traced.as_str(), "{queued}");
 }
 
 /// An admin JSON call; answers status and body.
