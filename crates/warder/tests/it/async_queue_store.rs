@@ -788,21 +788,7 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
         finish(pair).await;
     }
     // The table grows by many finished jobs.
-    sqlx::query(
-        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, \
-         webhook_status, priority, input, errors, attempts, max_attempts, initial_delay_ms, \
-         max_delay_ms, created_at, queue_deadline, run_after, lease_token, cancel_requested, \
-         webhook_attempts) \
-         SELECT 'grown-' || i, $1, $2, $3, $4, 'SUCCEEDED', 'NONE', 1, '{}', '[]', 1, 1, 0, 0, \
-         i, i, i, 1, 0, 0 FROM generate_series(1, 100000) AS i",
-    )
-    .bind(&caller.user_id)
-    .bind(&caller.key_id)
-    .bind(&model.model_id)
-    .bind(&model.version_id)
-    .execute(sql.pool())
-    .await
-    .expect("grow");
+    generated_jobs(&sql, &model, &caller, "grown-", "SUCCEEDED", 100_000).await;
 
     let before = index_scans(&sql).await;
     for pair in leases[14..].chunks(2) {
@@ -830,10 +816,7 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
     let (app, model, caller) = queue_app(b).await;
     let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
-    sqlx::query("ALTER TABLE async_jobs SET (autovacuum_enabled = off)")
-        .execute(sql.pool())
-        .await
-        .expect("autovacuum off");
+    without_autovacuum(&sql).await;
     let jobs: Vec<NewJob> = (0..64)
         .map(|n| job(&model, &caller, &request_id(150 + n), None))
         .collect();
@@ -846,21 +829,7 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
         .expect("claim");
     assert_eq!(leases.len(), 64);
     // Many jobs ran and finished: their entries stay in the running index.
-    sqlx::query(
-        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, \
-         webhook_status, priority, input, errors, attempts, max_attempts, initial_delay_ms, \
-         max_delay_ms, created_at, queue_deadline, run_after, lease_owner, lease_token, \
-         cancel_requested, webhook_attempts) \
-         SELECT 'ran-' || i, $1, $2, $3, $4, 'IN_PROGRESS', 'NO_WEBHOOK_PROVIDED', 1, '{}', \
-         '[]', 1, 1, 0, 0, i, i, i, 'w-old', 1, 0, 0 FROM generate_series(1, 100000) AS i",
-    )
-    .bind(&caller.user_id)
-    .bind(&caller.key_id)
-    .bind(&model.model_id)
-    .bind(&model.version_id)
-    .execute(sql.pool())
-    .await
-    .expect("jobs that ran");
+    generated_jobs(&sql, &model, &caller, "ran-", "IN_PROGRESS", 100_000).await;
     sqlx::query(
         "UPDATE async_jobs SET status = 'SUCCEEDED', lease_owner = NULL WHERE id LIKE 'ran-%'",
     )
@@ -884,6 +853,46 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
         after.0 > before.0,
         "{before:?} → {after:?}: looked up by id"
     );
+}
+
+/// No statistics for the job table but those a test takes: autovacuum,
+/// which would analyze it meanwhile, is off for it.
+async fn without_autovacuum(sql: &warder_store::SqlStore) {
+    sqlx::query("ALTER TABLE async_jobs SET (autovacuum_enabled = off)")
+        .execute(sql.pool())
+        .await
+        .expect("autovacuum off");
+}
+
+/// Stores `count` jobs with ids `{prefix}1`… and `status`, straight into
+/// the table in one statement: created and runnable at `i` ms, never past
+/// their queue deadline, so ready to claim when QUEUED.
+async fn generated_jobs(
+    sql: &warder_store::SqlStore,
+    model: &Registered,
+    caller: &Caller,
+    prefix: &str,
+    status: &str,
+    count: i64,
+) {
+    sqlx::query(
+        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, \
+         webhook_status, priority, input, errors, attempts, max_attempts, initial_delay_ms, \
+         max_delay_ms, created_at, queue_deadline, run_after, lease_token, cancel_requested, \
+         webhook_attempts) \
+         SELECT $1 || i, $2, $3, $4, $5, $6, 'NO_WEBHOOK_PROVIDED', 1, '{}', '[]', \
+         0, 1, 0, 0, i, 9000000000000000, i, 0, 0, 0 FROM generate_series(1, $7) AS i",
+    )
+    .bind(prefix)
+    .bind(&caller.user_id)
+    .bind(&caller.key_id)
+    .bind(&model.model_id)
+    .bind(&model.version_id)
+    .bind(status)
+    .bind(count)
+    .execute(sql.pool())
+    .await
+    .expect("generated jobs");
 }
 
 /// The app's database through a store of one connection: every statement
@@ -937,27 +946,9 @@ async fn postgres_claims_read_a_deep_backlog_in_order() {
     let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
     // No statistics, whatever the server's autovacuum does meanwhile.
-    sqlx::query("ALTER TABLE async_jobs SET (autovacuum_enabled = off)")
-        .execute(sql.pool())
-        .await
-        .expect("autovacuum off");
+    without_autovacuum(&sql).await;
     const BACKLOG: i64 = 20_000;
-    sqlx::query(
-        "INSERT INTO async_jobs (id, user_id, key_id, model_id, version_id, status, \
-         webhook_status, priority, input, errors, attempts, max_attempts, initial_delay_ms, \
-         max_delay_ms, created_at, queue_deadline, run_after, lease_token, cancel_requested, \
-         webhook_attempts) \
-         SELECT 'queued-' || i, $1, $2, $3, $4, 'QUEUED', 'NO_WEBHOOK_PROVIDED', 1, '{}', '[]', \
-         0, 1, 0, 0, i, 9000000000000000, i, 0, 0, 0 FROM generate_series(1, $5) AS i",
-    )
-    .bind(&caller.user_id)
-    .bind(&caller.key_id)
-    .bind(&model.model_id)
-    .bind(&model.version_id)
-    .bind(BACKLOG)
-    .execute(sql.pool())
-    .await
-    .expect("backlog");
+    generated_jobs(&sql, &model, &caller, "queued-", "QUEUED", BACKLOG).await;
 
     let now = Timestamp::now();
     let until = Timestamp(now.0 + 60_000);
