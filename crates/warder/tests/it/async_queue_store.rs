@@ -755,17 +755,7 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     let (app, model, caller) = queue_app(b).await;
     let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
-    let jobs: Vec<NewJob> = (0..40)
-        .map(|n| job(&model, &caller, &request_id(100 + n), None))
-        .collect();
-    store_new(&store, &jobs).await;
-    let now = Timestamp::now();
-    let until = Timestamp(now.0 + 60_000);
-    let leases = store
-        .claim_jobs("w-one", now, until, 40)
-        .await
-        .expect("claim");
-    assert_eq!(leases.len(), 40);
+    let (leases, now, until) = claimed(&store, &model, &caller, 100, 40).await;
     // A success and a failure, each a statement of its own.
     let finish = |pair: &[Lease]| {
         let mut done = successes(pair, |_| "1".to_owned());
@@ -817,17 +807,7 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
     let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
     without_autovacuum(&sql).await;
-    let jobs: Vec<NewJob> = (0..64)
-        .map(|n| job(&model, &caller, &request_id(150 + n), None))
-        .collect();
-    store_new(&store, &jobs).await;
-    let now = Timestamp::now();
-    let until = Timestamp(now.0 + 60_000);
-    let leases = store
-        .claim_jobs("w-one", now, until, 64)
-        .await
-        .expect("claim");
-    assert_eq!(leases.len(), 64);
+    let (leases, now, until) = claimed(&store, &model, &caller, 150, 64).await;
     // Many jobs ran and finished: their entries stay in the running index.
     generated_jobs(&sql, &model, &caller, "ran-", "IN_PROGRESS", 100_000).await;
     sqlx::query(
@@ -853,6 +833,29 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
         after.0 > before.0,
         "{before:?} → {after:?}: looked up by id"
     );
+}
+
+/// `n` new jobs (request ids from `first` on), stored and claimed by
+/// `w-one`; with the claim's time and lease end.
+async fn claimed(
+    store: &Arc<dyn Store>,
+    model: &Registered,
+    caller: &Caller,
+    first: u8,
+    n: u8,
+) -> (Vec<Lease>, Timestamp, Timestamp) {
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| job(model, caller, &request_id(first + i), None))
+        .collect();
+    store_new(store, &jobs).await;
+    let now = Timestamp::now();
+    let until = Timestamp(now.0 + 60_000);
+    let leases = store
+        .claim_jobs("w-one", now, until, u32::from(n))
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), usize::from(n));
+    (leases, now, until)
 }
 
 /// No statistics for the job table but those a test takes: autovacuum,
