@@ -703,7 +703,7 @@ impl SqlStore {
         // Only a capped version's freed slot lets another worker claim:
         // workers with free capacity claim on their own.
         if (0..items.len()).any(|i| applied[i] && items[i].capped) {
-            self.announce_work(conn).await;
+            self.announce_freed_slots(conn).await;
         }
         Ok(applied)
     }
@@ -719,7 +719,7 @@ impl SqlStore {
     /// committed already, and a missed wake-up only leaves other workers to
     /// their poll timer. Inside a transaction, the failed statement aborts
     /// it and the commit reports the error.
-    async fn announce_work(&self, conn: &mut sqlx::AnyConnection) {
+    async fn announce_freed_slots(&self, conn: &mut sqlx::AnyConnection) {
         if self.dialect() != Dialect::Postgres {
             return;
         }
@@ -727,7 +727,7 @@ impl SqlStore {
             .execute(conn)
             .await
         {
-            tracing::warn!(error = %e, "announcing async work failed");
+            tracing::warn!(error = %e, "announcing freed async slots failed");
         }
     }
 
@@ -1132,7 +1132,7 @@ impl JobQueue for SqlStore {
         }
         if rescued > 0 {
             let mut conn = self.writer().acquire().await.map_err(map_err)?;
-            self.announce_work(&mut conn).await;
+            self.announce_freed_slots(&mut conn).await;
         }
         Ok(rescued)
     }
