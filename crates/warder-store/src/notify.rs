@@ -1,7 +1,7 @@
 //! Cross-process wake-ups of the job queue: PostgreSQL `LISTEN` on the
-//! channel the queue `NOTIFY`s: from `queue.rs` for a submit batch that
-//! queued a job and for freed slots, from row triggers for a job queued
-//! again and a cancel asked for (see the async migrations).
+//! channel the queue `NOTIFY`s: from `queue/writes.rs` for a submit batch
+//! that queued a job and for freed slots, from row triggers for a job
+//! queued again and a cancel asked for (see the async migrations).
 //!
 //! SQLite has no such channel; its workers are woken in process and poll
 //! otherwise. Nothing here decides what a wake-up means.
