@@ -9,6 +9,7 @@
 //! branch on [`Dialect`]. This crate persists data as given and never decides
 //! policy.
 
+mod control;
 mod notify;
 mod queue;
 mod rows;
