@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::control::ControlPlane;
 use crate::demo::{self, DemoKeys};
 use crate::http;
+use crate::http::ops::OpsState;
 use crate::queue::submit::Submitter;
 use crate::queue::worker::{Worker, WorkerDeps};
 use crate::queue::Signals;
@@ -269,7 +270,7 @@ impl App {
         let ops = server::serve(
             "ops",
             self.ops,
-            server::with_connect_info(http::ops::router(self.state.clone())),
+            server::with_connect_info(http::ops::router(OpsState::of(&self.state))),
             options,
             signal(),
         );
@@ -300,24 +301,107 @@ impl App {
     }
 }
 
+/// `warder worker`, built: the store open and migrated, the ops listener
+/// (when `worker_ops_listen` is set) bound, the worker ready to run.
+pub struct WorkerApp {
+    worker: Arc<Worker>,
+    ops: Option<(TcpListener, OpsState)>,
+    options: ServeOptions,
+    /// The store's backend, for the start-up line.
+    backend: &'static str,
+}
+
+impl WorkerApp {
+    /// Opens the configured store, builds the worker and binds its ops
+    /// listener: everything that can fail at start-up.
+    pub async fn build(config: Config) -> Result<WorkerApp, StartupError> {
+        let store: Arc<dyn Store> = Arc::new(open_store(&config).await?);
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let ops = match config.worker_ops_listen {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+                OpsState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    redis: None,
+                },
+            )),
+            None => None,
+        };
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            drain_timeout: Duration::from_secs(config.drain_timeout_s),
+        };
+        let backend = store.backend();
+        let worker = Worker::new(WorkerDeps {
+            catalog: Arc::new(Catalog::new(store.clone(), &config)),
+            upstream: UpstreamClient::new(),
+            webhooks: Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?),
+            signals: Arc::new(Signals::default()),
+            metrics,
+            config,
+            store,
+        });
+        Ok(WorkerApp {
+            worker,
+            ops,
+            options,
+            backend,
+        })
+    }
+
+    /// The bound ops address, if the worker has one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(l, _)| server::local_addr(l))
+    }
+
+    /// Works until `shutdown` resolves, then drains its running attempts
+    /// (and the ops listener) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let signal = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tracing::info!(
+            ops = ?self.ops_addr(),
+            store = self.backend,
+            "warder worker running"
+        );
+        let ops = async {
+            if let Some((listener, state)) = self.ops {
+                server::serve(
+                    "ops",
+                    listener,
+                    server::with_connect_info(http::ops::router(state)),
+                    self.options,
+                    signal(),
+                )
+                .await;
+            }
+        };
+        let trigger = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested");
+            let _ = tx.send(true);
+        };
+        tokio::join!(self.worker.run(signal()), ops, trigger);
+        tracing::info!("warder worker stopped");
+    }
+}
+
 /// `warder worker`: only the async worker, over the configured store,
-/// until `shutdown` resolves.
+/// until `shutdown` resolves ([`WorkerApp::build`], then
+/// [`WorkerApp::run`]).
 pub async fn run_worker(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    let store: Arc<dyn Store> = Arc::new(open_store(&config).await?);
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
-    let deps = WorkerDeps {
-        catalog: Arc::new(Catalog::new(store.clone(), &config)),
-        upstream: UpstreamClient::new(),
-        webhooks: Arc::new(Webhooks::new(store.clone(), &config, metrics.clone())?),
-        signals: Arc::new(Signals::default()),
-        metrics,
-        config,
-        store,
-    };
-    Worker::new(deps).run(shutdown).await;
+    WorkerApp::build(config).await?.run(shutdown).await;
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Ops listener (`/metrics`, `/healthz`, `/readyz`), unauthenticated.
     pub ops_listen: SocketAddr,
+    /// Ops listener of `warder worker` (the same routes); unset = none, so
+    /// a worker beside `serve` on one machine does not take `ops_listen`.
+    pub worker_ops_listen: Option<SocketAddr>,
     /// Where embedded mode keeps its SQLite file and blobs.
     pub data_dir: PathBuf,
     /// `postgres://…` for cluster mode; unset = SQLite in the data dir.
@@ -162,6 +165,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            worker_ops_listen: None,
             data_dir: PathBuf::from("./warder-data"),
             database_url: None,
             redis_url: None,
@@ -221,6 +225,9 @@ pub struct FlagOverrides {
     /// `--ops-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops_listen: Option<SocketAddr>,
+    /// `warder worker --ops-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_ops_listen: Option<SocketAddr>,
     /// `--data-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -382,6 +389,7 @@ mod tests {
             jail.set_env("WARDER_MAX_BODY_BYTES", "7");
             jail.set_env("WARDER_LISTEN", "127.0.0.1:2000");
             jail.set_env("WARDER_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8, ::1/128");
+            jail.set_env("WARDER_WORKER_OPS_LISTEN", "127.0.0.1:9191");
             // Variables of the CLI and of the test scripts are not config keys.
             jail.set_env("WARDER_URL", "http://127.0.0.1:1");
             jail.set_env("WARDER_KEY", "wdr_x");
@@ -395,6 +403,7 @@ mod tests {
             assert_eq!(c.max_body_bytes, 7, "env beats file");
             assert_eq!(c.log_level, "debug", "file beats default");
             assert_eq!(c.ops_listen.port(), 9090, "default");
+            assert_eq!(c.worker_ops_listen.map(|a| a.port()), Some(9191), "env");
             assert_eq!(c.webhook_allowed_cidrs, vec!["127.0.0.0/8", "::1/128"]);
             Ok(())
         });

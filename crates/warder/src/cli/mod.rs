@@ -41,7 +41,7 @@ pub enum Command {
     /// Call a model's sync predict route.
     Predict(client::PredictArgs),
     /// Run only the async worker (any number may share a database).
-    Worker(ConfigArgs),
+    Worker(WorkerArgs),
     /// Async inference: submit, status, wait, cancel.
     Async(AsyncArgs),
 }
@@ -84,6 +84,29 @@ pub struct ServeArgs {
     pub no_worker: bool,
 }
 
+/// Flags of `worker`.
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    /// Configuration sources.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (default: not at all).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
+}
+
+impl WorkerArgs {
+    /// Loads the configuration these flags select.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let flags = FlagOverrides {
+            worker_ops_listen: self.ops_listen,
+            data_dir: self.config.data_dir.clone(),
+            ..FlagOverrides::default()
+        };
+        Config::load(self.config.config.as_deref(), &flags)
+    }
+}
+
 impl ServeArgs {
     /// Loads the configuration these flags select.
     pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
@@ -93,6 +116,7 @@ impl ServeArgs {
             data_dir: self.config.data_dir.clone(),
             demo: self.demo.then_some(true),
             worker_enabled: self.no_worker.then_some(false),
+            ..FlagOverrides::default()
         };
         Config::load(self.config.config.as_deref(), &flags)
     }

@@ -1,17 +1,46 @@
 //! The ops listener: `/metrics`, `/healthz`, `/readyz`. Unauthenticated, so
 //! bind it to a private address (default `127.0.0.1:9090`).
+//!
+//! Served by `serve` and by `warder worker` alike: it reads only what both
+//! processes have ([`OpsState`]), never the gateway's request path.
 
-use crate::state::SharedState;
+use crate::cluster::RedisLink;
+use crate::state::AppState;
+use crate::telemetry::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
+use warder_core::Store;
+
+/// What the ops routes read.
+#[derive(Clone)]
+pub struct OpsState {
+    /// Rendered by `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Pinged by `/readyz`; its read count is a metric.
+    pub store: Arc<dyn Store>,
+    /// Pinged by `/readyz` in cluster mode; a worker has none.
+    pub redis: Option<RedisLink>,
+}
+
+impl OpsState {
+    /// The ops view of a gateway's state.
+    pub fn of(state: &AppState) -> OpsState {
+        OpsState {
+            metrics: state.metrics.clone(),
+            store: state.store.clone(),
+            redis: state.redis.clone(),
+        }
+    }
+}
 
 /// The ops router.
-pub fn router(state: SharedState) -> Router {
+pub fn router(state: OpsState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -19,7 +48,7 @@ pub fn router(state: SharedState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<SharedState>) -> Response {
+async fn metrics(State(s): State<OpsState>) -> Response {
     let text = s.metrics.render(s.store.read_count());
     (
         [(
@@ -35,7 +64,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(s): State<SharedState>) -> Response {
+async fn readyz(State(s): State<OpsState>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await;
     let store_ok = matches!(store, Ok(Ok(())));
     let redis_ok = match &s.redis {

@@ -120,13 +120,21 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
     })
     .await;
     let model = scripted_model().await;
-    app.register("slow", &model.url("/slow/4000"), json!({}))
+    let m = app
+        .register("slow", &model.url("/slow/4000"), json!({}))
         .await;
     let c = app.caller("c", &["slow"], None).await;
     let db = app.state.config.database_url.clone();
     let env = [("WARDER_ASYNC_QUEUE__WORKER_CONCURRENCY", "120")];
     let mut victim = Proc::start(&["worker"], &app.data_dir, db.as_deref(), &env);
-    let survivor = Proc::start(&["worker"], &app.data_dir, db.as_deref(), &env);
+    // The survivor is scraped at the end: its own ops listener.
+    let ops = format!("127.0.0.1:{}", free_port());
+    let survivor = Proc::start(
+        &["worker", "--ops-listen", &ops],
+        &app.data_dir,
+        db.as_deref(),
+        &env,
+    );
     let victim_id = victim.worker_id().await;
     survivor.worker_id().await;
 
@@ -200,6 +208,31 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
         "each of the victim's jobs was called again: {} calls for {} jobs, {} rescued",
         model.log.count(),
         ids.len(),
+        victims.len()
+    );
+
+    // The survivor's metrics count what it ran: every rescued job at least.
+    let metrics = app
+        .client
+        .get(format!("http://{ops}/metrics"))
+        .send()
+        .await
+        .expect("the survivor serves its metrics")
+        .text()
+        .await
+        .expect("text");
+    let series = format!(
+        "warder_async_attempts_total{{model=\"{}\",outcome=\"succeeded\"}} ",
+        m.model_id
+    );
+    let ran: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+    assert!(
+        ran >= victims.len(),
+        "the survivor ran {ran}, the victim left {}",
         victims.len()
     );
 

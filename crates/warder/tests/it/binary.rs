@@ -2,6 +2,7 @@
 //! that works, no clear key reaches the logs or the data dir, and every
 //! request writes exactly one JSON access-log line.
 
+use crate::helpers::free_port;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -19,13 +20,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn start(data_dir: &Path, port: u16) -> Running {

@@ -2,7 +2,7 @@
 //! one Redis behave as one — revocations, promotions and rate limits hold
 //! across nodes, and a Redis outage degrades to the documented answers.
 
-use crate::helpers::{fake_upstream, PgDatabase};
+use crate::helpers::{fake_upstream, free_port, PgDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -18,13 +18,6 @@ async fn database() -> Option<PgDatabase> {
         crate::helpers::Backend::Postgres(base) => Some(PgDatabase::create(&base).await),
         crate::helpers::Backend::Sqlite => None,
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// One `warder serve` process.

@@ -452,3 +452,11 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     }
     hits
 }
+
+/// A loopback port free a moment ago, for a child process told to bind it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -26,3 +26,4 @@ mod outage;
 mod predict;
 mod ratelimit;
 mod upstream_faults;
+mod worker_ops;
