@@ -327,6 +327,7 @@ impl WorkerApp {
                     metrics: metrics.clone(),
                     store: store.clone(),
                     redis: None,
+                    draining: Arc::default(),
                 },
             )),
             None => None,
@@ -358,21 +359,30 @@ impl WorkerApp {
         self.ops.as_ref().map(|(l, _)| server::local_addr(l))
     }
 
-    /// Works until `shutdown` resolves, then drains its running attempts
-    /// (and the ops listener) and returns.
+    /// Works until `shutdown` resolves, then lets its running attempts
+    /// finish (up to `drain_timeout_s`) and returns. The ops listener stays
+    /// up until they have, so the attempts finished while draining are
+    /// still scraped; meanwhile `/readyz` answers 503 `draining`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let signal = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+        let draining = self.ops.as_ref().map(|(_, state)| state.draining.clone());
         tracing::info!(
-            ops = ?self.ops_addr(),
+            ops = %self
+                .ops_addr()
+                .map_or_else(|| "none".to_owned(), |a| a.to_string()),
             store = self.backend,
             "warder worker running"
         );
+        let worker = async {
+            let mut rx = stop_rx;
+            self.worker
+                .run(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            let _ = ops_stop.send(());
+        };
         let ops = async {
             if let Some((listener, state)) = self.ops {
                 server::serve(
@@ -380,7 +390,9 @@ impl WorkerApp {
                     listener,
                     server::with_connect_info(http::ops::router(state)),
                     self.options,
-                    signal(),
+                    async {
+                        let _ = ops_stopped.await;
+                    },
                 )
                 .await;
             }
@@ -388,9 +400,12 @@ impl WorkerApp {
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutdown requested");
-            let _ = tx.send(true);
+            if let Some(d) = draining {
+                d.store(true, std::sync::atomic::Ordering::Release);
+            }
+            let _ = stop_tx.send(true);
         };
-        tokio::join!(self.worker.run(signal()), ops, trigger);
+        tokio::join!(worker, ops, trigger);
         tracing::info!("warder worker stopped");
     }
 }

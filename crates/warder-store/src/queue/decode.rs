@@ -1,5 +1,4 @@
-//! Reading rows of `async_jobs` back into [`AsyncJob`]s and [`Lease`]s,
-//! and the ids a multi-row statement returns.
+//! Reading rows of `async_jobs` back into [`AsyncJob`]s and [`Lease`]s.
 //!
 //! A row that does not decode is a corrupt store, reported as such, never
 //! skipped.
@@ -7,7 +6,6 @@
 use crate::sql::map_err;
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::collections::HashSet;
 use warder_core::*;
 
 pub(super) fn corrupt(what: &str) -> StoreError {
@@ -79,27 +77,4 @@ pub(super) fn leases(rows: &[AnyRow]) -> StoreResult<Vec<Lease>> {
 
 pub(super) fn errors_json(errors: &[JobError]) -> String {
     serde_json::to_string(errors).unwrap_or_else(|_| "[]".to_owned())
-}
-
-/// Runs a multi-row statement that ends `RETURNING id` and tells, for each
-/// of `ids` in order, whether the statement wrote it. A job listed twice is
-/// written at most once: its first listing stands for the returned id.
-pub(super) async fn returned_ids(
-    conn: &mut sqlx::AnyConnection,
-    sql: &str,
-    args: sqlx::any::AnyArguments<'_>,
-    ids: impl Iterator<Item = &str>,
-    prepared: bool,
-) -> StoreResult<Vec<bool>> {
-    let written: HashSet<String> = sqlx::query_scalar_with(sql, args)
-        .persistent(prepared)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .into_iter()
-        .collect();
-    let mut seen = HashSet::new();
-    Ok(ids
-        .map(|id| seen.insert(id) && written.contains(id))
-        .collect())
 }

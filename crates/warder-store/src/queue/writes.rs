@@ -1,9 +1,9 @@
 //! The job queue's write paths that take more than one statement or a
 //! statement built per batch: claims, batches of submits and batches of
-//! outcomes. [`JobQueue`](warder_core::JobQueue) calls them with a
-//! connection (or a transaction) of its choosing.
+//! outcomes. [`JobQueue`](warder_core::JobQueue) calls them, the batch
+//! writes on a connection (or a transaction) of its choosing.
 
-use super::decode::{errors_json, get, leases, returned_ids};
+use super::decode::{errors_json, get, leases};
 use super::statements::*;
 use crate::sql::{map_err, Dialect, SqlStore};
 use std::collections::HashSet;
@@ -430,4 +430,27 @@ impl SqlStore {
             .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// Runs a multi-row statement that ends `RETURNING id` and tells, for each
+/// of `ids` in order, whether the statement wrote it. A job listed twice is
+/// written at most once: its first listing stands for the returned id.
+async fn returned_ids(
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    args: sqlx::any::AnyArguments<'_>,
+    ids: impl Iterator<Item = &str>,
+    prepared: bool,
+) -> StoreResult<Vec<bool>> {
+    let written: HashSet<String> = sqlx::query_scalar_with(sql, args)
+        .persistent(prepared)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .into_iter()
+        .collect();
+    let mut seen = HashSet::new();
+    Ok(ids
+        .map(|id| seen.insert(id) && written.contains(id))
+        .collect())
 }

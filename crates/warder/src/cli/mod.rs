@@ -132,3 +132,44 @@ impl ConfigArgs {
         Config::load(self.config.as_deref(), &flags)
     }
 }
+
+#[cfg(test)]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment::Jail's closure signature is fixed"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_ops_listen_flag_beats_env_and_file_and_is_not_serves() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("w.toml", "worker_ops_listen = \"127.0.0.1:7001\"\n")?;
+            let args = |flag: Option<&str>| WorkerArgs {
+                config: ConfigArgs {
+                    config: Some("w.toml".into()),
+                    data_dir: None,
+                },
+                ops_listen: flag.map(|a| a.parse().expect("addr")),
+            };
+            let port = |a: WorkerArgs| a.load().expect("loads").worker_ops_listen.map(|a| a.port());
+            assert_eq!(port(args(None)), Some(7001), "file");
+            jail.set_env("WARDER_WORKER_OPS_LISTEN", "127.0.0.1:7002");
+            assert_eq!(port(args(None)), Some(7002), "env beats file");
+            assert_eq!(
+                port(args(Some("127.0.0.1:7003"))),
+                Some(7003),
+                "flag beats env"
+            );
+            jail.set_env("WARDER_OPS_LISTEN", "127.0.0.1:7004");
+            let c = args(None).load().expect("loads");
+            assert_eq!(c.ops_listen.port(), 7004);
+            assert_eq!(
+                c.worker_ops_listen.map(|a| a.port()),
+                Some(7002),
+                "serve's ops_listen does not set the worker's"
+            );
+            Ok(())
+        });
+    }
+}

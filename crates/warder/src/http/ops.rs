@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use warder_core::Store;
@@ -26,6 +27,11 @@ pub struct OpsState {
     pub store: Arc<dyn Store>,
     /// Pinged by `/readyz` in cluster mode; a worker has none.
     pub redis: Option<RedisLink>,
+    /// Set once a `warder worker` was told to stop: its ops listener stays
+    /// up while running attempts finish, and `/readyz` answers 503
+    /// `draining` meanwhile. (`serve` closes its ops listener with the
+    /// public one and never sets it.)
+    pub draining: Arc<AtomicBool>,
 }
 
 impl OpsState {
@@ -35,6 +41,7 @@ impl OpsState {
             metrics: state.metrics.clone(),
             store: state.store.clone(),
             redis: state.redis.clone(),
+            draining: Arc::default(),
         }
     }
 }
@@ -71,9 +78,14 @@ async fn readyz(State(s): State<OpsState>) -> Response {
         Some(link) => Some(link.ping().await),
         None => None,
     };
-    let ready = store_ok && redis_ok != Some(false);
+    let draining = s.draining.load(Ordering::Acquire);
+    let ready = !draining && store_ok && redis_ok != Some(false);
     let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
+        "status": match (draining, ready) {
+            (true, _) => "draining",
+            (false, true) => "ready",
+            (false, false) => "not ready",
+        },
         "checks": {
             "store": { "backend": s.store.backend(), "ok": store_ok },
             "redis": redis_ok.map(|ok| json!({ "ok": ok })),

@@ -125,10 +125,15 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
         .await;
     let c = app.caller("c", &["slow"], None).await;
     let db = app.state.config.database_url.clone();
-    let env = [("WARDER_ASYNC_QUEUE__WORKER_CONCURRENCY", "120")];
-    let mut victim = Proc::start(&["worker"], &app.data_dir, db.as_deref(), &env);
-    // The survivor is scraped at the end: its own ops listener.
+    // The survivor is scraped at the end: its own ops listener. Both are
+    // given `serve`'s `ops_listen` as that address too: a worker must not
+    // take it (the victim, started first, would hold the survivor's port).
     let ops = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("WARDER_ASYNC_QUEUE__WORKER_CONCURRENCY", "120"),
+        ("WARDER_OPS_LISTEN", ops.as_str()),
+    ];
+    let mut victim = Proc::start(&["worker"], &app.data_dir, db.as_deref(), &env);
     let survivor = Proc::start(
         &["worker", "--ops-listen", &ops],
         &app.data_dir,

@@ -1,5 +1,6 @@
 //! `warder worker`'s own ops listener: a worker process is scraped and
-//! health-checked like `serve`, its metrics count the jobs it ran, and
+//! health-checked like `serve`, its metrics count the jobs it ran, it stays
+//! up (answering `draining`) while the worker finishes its attempts, and
 //! without `worker_ops_listen` it binds nothing (so a worker beside `serve`
 //! on one machine never takes `serve`'s ops port).
 
@@ -48,23 +49,8 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
     .await;
     assert_eq!(done["attempts"], 1, "{done}");
 
-    let metrics = app
-        .client
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(metrics.status(), 200);
-    let metrics = metrics.text().await.expect("text");
-    let attempt = format!(
-        "warder_async_attempts_total{{model=\"{}\",outcome=\"succeeded\"}} 1",
-        m.model_id
-    );
-    assert!(metrics.contains(&attempt), "{attempt} in\n{metrics}");
-    assert!(
-        !app.metrics().await.contains(&attempt),
-        "the gateway ran nothing: the count is the worker's own"
-    );
+    let metrics = scrape(&app, &ops).await;
+    assert_eq!(attempts(&metrics, &m.model_id), Some(1), "{metrics}");
 
     let health = app
         .client
@@ -82,7 +68,9 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
     )
     .await;
     assert_eq!(s, 200, "{ready}");
+    assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["store"]["ok"], true, "{ready}");
+    assert_eq!(ready["checks"]["redis"], serde_json::Value::Null, "{ready}");
     assert_eq!(
         ready["checks"]["store"]["backend"],
         app.state.store.backend(),
@@ -98,14 +86,86 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
         .expect("sent");
     assert_eq!(predict.status(), 404);
 
-    // Stopped, it drains and lets the port go.
+    // Told to stop while an attempt runs, it keeps its ops listener up and
+    // says it is draining until the attempt has finished, then lets the
+    // port go.
+    app.register("slow", &model.url("/slow/1500"), json!({}))
+        .await;
+    let c2 = app.caller("c2", &["slow"], None).await;
+    let id = submit_ok(&app, &c2.key, "slow", json!({"model_input": {"n": 2}})).await;
+    wait_until(&app, &c2.key, &id, Duration::from_secs(10), |v| {
+        v["status"] == "IN_PROGRESS"
+    })
+    .await;
     let _ = stop.send(());
+    let (s, ready) = readyz_until(&app, &ops, |s, _| s == 503).await;
+    assert_eq!(ready["status"], "draining", "{s} {ready}");
+    assert_eq!(ready["checks"]["store"]["ok"], true, "{ready}");
+    let metrics = scrape(&app, &ops).await;
+    assert_eq!(
+        attempts(&metrics, &m.model_id),
+        Some(1),
+        "scraped while draining"
+    );
+    assert!(!running.is_finished(), "still draining the attempt it runs");
     tokio::time::timeout(Duration::from_secs(15), running)
         .await
         .expect("the worker stops")
         .expect("no panic");
+    let done = wait_until(&app, &c2.key, &id, Duration::from_secs(5), |v| {
+        v["status"] != "IN_PROGRESS"
+    })
+    .await;
+    assert_eq!(
+        done["status"], "SUCCEEDED",
+        "drained, not abandoned: {done}"
+    );
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
-        "the ops listener is closed"
+        "the ops listener is closed once the worker drained"
     );
+}
+
+/// The worker's Prometheus text.
+async fn scrape(app: &TestApp, ops: &str) -> String {
+    let resp = app
+        .client
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("text")
+}
+
+/// The value of `warder_async_attempts_total` for `model`'s successes.
+fn attempts(metrics: &str, model: &str) -> Option<u64> {
+    let series = format!("warder_async_attempts_total{{model=\"{model}\",outcome=\"succeeded\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Polls `/readyz` until `done(status, body)` holds (5 s at most).
+async fn readyz_until(
+    app: &TestApp,
+    ops: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, body, _) = json_of(
+            app.client
+                .get(format!("{ops}/readyz"))
+                .send()
+                .await
+                .expect("readyz"),
+        )
+        .await;
+        if done(s.as_u16(), &body) || std::time::Instant::now() > deadline {
+            return (s.as_u16(), body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
