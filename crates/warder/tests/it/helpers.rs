@@ -367,6 +367,12 @@ impl TestApp {
         p["id"].as_str().expect("id").to_owned()
     }
 
+    /// `GET url` (any listener's), its status and JSON body.
+    pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
+        let (s, body, _) = json_of(self.client.get(url).send().await.expect("sent")).await;
+        (s, body)
+    }
+
     /// The Prometheus text of the ops listener.
     pub async fn metrics(&self) -> String {
         self.client

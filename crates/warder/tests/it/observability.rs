@@ -315,21 +315,9 @@ async fn metrics_and_health_are_served_on_the_ops_listener(b: Backend) {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
     let ops = format!("http://{}", app.ops_addr);
-    let h = app
-        .client
-        .get(format!("{ops}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(h.status(), 200);
-    let (s, ready, _) = json_of(
-        app.client
-            .get(format!("{ops}/readyz"))
-            .send()
-            .await
-            .expect("readyz"),
-    )
-    .await;
+    let (s, health) = app.get_json(&format!("{ops}/healthz")).await;
+    assert_eq!(s, 200, "{health}");
+    let (s, ready) = app.get_json(&format!("{ops}/readyz")).await;
     assert_eq!(s, 200, "{ready}");
     assert_eq!(ready["checks"]["store"]["ok"], true);
     // The ops routes are not on the public listener.

@@ -52,21 +52,9 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
     let metrics = scrape(&app, &ops).await;
     assert_eq!(attempts(&metrics, &m.model_id), Some(1), "{metrics}");
 
-    let health = app
-        .client
-        .get(format!("{ops}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), 200);
-    let (s, ready, _) = json_of(
-        app.client
-            .get(format!("{ops}/readyz"))
-            .send()
-            .await
-            .expect("readyz"),
-    )
-    .await;
+    let (s, health) = app.get_json(&format!("{ops}/healthz")).await;
+    assert_eq!(s, 200, "{health}");
+    let (s, ready) = app.get_json(&format!("{ops}/readyz")).await;
     assert_eq!(s, 200, "{ready}");
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["store"]["ok"], true, "{ready}");
@@ -155,14 +143,7 @@ async fn readyz_until(
 ) -> (u16, serde_json::Value) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (s, body, _) = json_of(
-            app.client
-                .get(format!("{ops}/readyz"))
-                .send()
-                .await
-                .expect("readyz"),
-        )
-        .await;
+        let (s, body) = app.get_json(&format!("{ops}/readyz")).await;
         if done(s.as_u16(), &body) || std::time::Instant::now() > deadline {
             return (s.as_u16(), body);
         }
