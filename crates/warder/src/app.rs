@@ -361,8 +361,8 @@ impl WorkerApp {
 
     /// Works until `shutdown` resolves, then lets its running attempts
     /// finish (up to `drain_timeout_s`) and returns. The ops listener stays
-    /// up until they have, so the attempts finished while draining are
-    /// still scraped; meanwhile `/readyz` answers 503 `draining`.
+    /// up until they have, so the worker can still be scraped while they
+    /// run; meanwhile `/readyz` answers 503 `draining`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -11,7 +11,7 @@
 //! - **completer**: writes outcomes in batches (one transaction per batch),
 //!   each fenced by the lease token;
 //! - **heartbeat**: renews the leases of the attempts running here and
-//!   picks up cancels;
+//!   picks up cancels, on shutdown until the last of them has ended;
 //! - **sweeper**: expires overdue queued jobs, rescues lost leases, purges
 //!   finished jobs past retention and refreshes the depth gauges;
 //! - **deliveries**: [`crate::webhooks::Webhooks::run`].
@@ -167,12 +167,18 @@ impl Worker {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
+        // The heartbeat outlives the claim loop: attempts that run on while
+        // the worker drains keep their leases (and hear cancels) until they
+        // end, instead of being rescued and run again elsewhere.
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         tracing::info!(worker = %worker.owner, "async worker started");
         let d = &worker.deps;
         let poll = Duration::from_millis(d.config.async_queue.poll_ms);
         let mut tasks = vec![
             tokio::spawn(worker.clone().completer(completions)),
-            tokio::spawn(worker.clone().heartbeat(stop())),
+            tokio::spawn(worker.clone().heartbeat(async {
+                let _ = drained_rx.await;
+            })),
             tokio::spawn(worker.clone().sweeper(stop())),
             tokio::spawn(d.webhooks.clone().run(d.signals.clone(), poll, stop())),
         ];
@@ -193,6 +199,7 @@ impl Worker {
         // No slot for anyone from now on: a submit that read `drained`
         // before the store above cannot hand a job to a stopped worker.
         worker.capacity.close();
+        let _ = drained_tx.send(());
         match drained {
             Ok(_) => tracing::info!(worker = %worker.owner, "async worker drained"),
             Err(_) => tracing::warn!(

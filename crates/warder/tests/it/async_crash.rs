@@ -127,7 +127,7 @@ async fn a_killed_worker_loses_nothing_and_its_late_result_is_refused(b: Backend
     let db = app.state.config.database_url.clone();
     // The survivor is scraped at the end: its own ops listener. Both are
     // given `serve`'s `ops_listen` as that address too: a worker must not
-    // take it (the victim, started first, would hold the survivor's port).
+    // take it (one that did would leave one of the two unable to start).
     let ops = format!("127.0.0.1:{}", free_port());
     let env = [
         ("WARDER_ASYNC_QUEUE__WORKER_CONCURRENCY", "120"),

@@ -369,7 +369,8 @@ impl TestApp {
 
     /// `GET url` (any listener's), its status and JSON body.
     pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
-        let (s, body, _) = json_of(self.client.get(url).send().await.expect("sent")).await;
+        let resp = self.client.get(url).send().await;
+        let (s, body, _) = json_of(resp.unwrap_or_else(|e| panic!("GET {url}: {e}"))).await;
         (s, body)
     }
 

@@ -1,6 +1,7 @@
 //! `warder worker`'s own ops listener: a worker process is scraped and
 //! health-checked like `serve`, its metrics count the jobs it ran, it stays
-//! up (answering `draining`) while the worker finishes its attempts, and
+//! up (answering `draining`) while the worker finishes its attempts, whose
+//! leases it keeps renewing until they end, and
 //! without `worker_ops_listen` it binds nothing (so a worker beside `serve`
 //! on one machine never takes `serve`'s ops port).
 
@@ -75,16 +76,16 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
     assert_eq!(predict.status(), 404);
 
     // Told to stop while an attempt runs, it keeps its ops listener up and
-    // says it is draining until the attempt has finished, then lets the
-    // port go.
-    app.register("slow", &model.url("/slow/1500"), json!({}))
-        .await;
-    let c2 = app.caller("c2", &["slow"], None).await;
-    let id = submit_ok(&app, &c2.key, "slow", json!({"model_input": {"n": 2}})).await;
-    wait_until(&app, &c2.key, &id, Duration::from_secs(10), |v| {
-        v["status"] == "IN_PROGRESS"
-    })
-    .await;
+    // says it is draining until the attempt has ended, and keeps renewing
+    // the attempt's lease meanwhile, so another worker's sweeper finds
+    // nothing to rescue and run again. Then it lets the port go.
+    app.register("held", &model.url("/gate"), json!({})).await;
+    let c2 = app.caller("c2", &["held"], None).await;
+    let id = submit_ok(&app, &c2.key, "held", json!({"model_input": {"n": 2}})).await;
+    model.wait_calls(2, Duration::from_secs(10)).await;
+    let mut config = (*app.state.config).clone();
+    config.worker_enabled = true;
+    let other = ExtraWorker::start(config);
     let _ = stop.send(());
     let (s, ready) = readyz_until(&app, &ops, |s, _| s == 503).await;
     assert_eq!(ready["status"], "draining", "{s} {ready}");
@@ -95,23 +96,30 @@ async fn a_worker_serves_metrics_and_health_of_its_own_jobs(b: Backend) {
         Some(1),
         "scraped while draining"
     );
+    // Longer than a whole lease: only the heartbeat keeps it.
+    let lease = Duration::from_millis(app.state.config.async_queue.lease_ms);
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
     assert!(!running.is_finished(), "still draining the attempt it runs");
+    model.open();
     tokio::time::timeout(Duration::from_secs(15), running)
         .await
         .expect("the worker stops")
         .expect("no panic");
     let done = wait_until(&app, &c2.key, &id, Duration::from_secs(5), |v| {
-        v["status"] != "IN_PROGRESS"
+        v["status"] != "IN_PROGRESS" && v["status"] != "QUEUED"
     })
     .await;
     assert_eq!(
         done["status"], "SUCCEEDED",
         "drained, not abandoned: {done}"
     );
+    assert_eq!(done["attempts"], 1, "never rescued: {done}");
+    assert_eq!(model.log.bodies().len(), 2, "never run again elsewhere");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the ops listener is closed once the worker drained"
     );
+    other.stop().await;
 }
 
 /// The worker's Prometheus text.
@@ -126,13 +134,14 @@ async fn scrape(app: &TestApp, ops: &str) -> String {
     resp.text().await.expect("text")
 }
 
-/// The value of `warder_async_attempts_total` for `model`'s successes.
+/// The value of `warder_async_attempts_total` for `model`'s successes
+/// (`None` when the series is absent).
 fn attempts(metrics: &str, model: &str) -> Option<u64> {
     let series = format!("warder_async_attempts_total{{model=\"{model}\",outcome=\"succeeded\"}} ");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|n| n.trim().parse().ok())
+        .any(|l| l.starts_with(&series))
+        .then(|| metric_value(metrics, &series) as u64)
 }
 
 /// Polls `/readyz` until `done(status, body)` holds (5 s at most).
