@@ -749,12 +749,16 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
 /// would be reused; the index scans are counted by the server.
 #[tokio::test]
 async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
-    let Some(b) = Backend::postgres() else {
+    let Some(PgPlan {
+        app: _app,
+        model,
+        caller,
+        sql,
+        store,
+    }) = pg_plan().await
+    else {
         return;
     };
-    let (app, model, caller) = queue_app(b).await;
-    let sql = one_connection(&app).await;
-    let store: Arc<dyn Store> = sql.clone();
     let (leases, now, until) = claimed(&store, &model, &caller, 100, 40).await;
     // A success and a failure, each a statement of its own.
     let finish = |pair: &[Lease]| {
@@ -800,12 +804,16 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
 /// batch in `bench/`).
 #[tokio::test]
 async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
-    let Some(b) = Backend::postgres() else {
+    let Some(PgPlan {
+        app: _app,
+        model,
+        caller,
+        sql,
+        store,
+    }) = pg_plan().await
+    else {
         return;
     };
-    let (app, model, caller) = queue_app(b).await;
-    let sql = one_connection(&app).await;
-    let store: Arc<dyn Store> = sql.clone();
     without_autovacuum(&sql).await;
     let (leases, now, until) = claimed(&store, &model, &caller, 150, 64).await;
     // Many jobs ran and finished: their entries stay in the running index.
@@ -901,6 +909,30 @@ async fn generated_jobs(
 /// The app's database through a store of one connection: every statement
 /// runs on it, so a prepared statement is reused and the server's counts
 /// for that connection can be flushed from it.
+/// What the PostgreSQL plan tests work on: a queue app (no worker) and its
+/// store over one connection, as itself and as a `Store`.
+struct PgPlan {
+    app: TestApp,
+    model: Registered,
+    caller: Caller,
+    sql: Arc<warder_store::SqlStore>,
+    store: Arc<dyn Store>,
+}
+
+/// A [`PgPlan`] on a fresh database; `None` when PostgreSQL is skipped.
+async fn pg_plan() -> Option<PgPlan> {
+    let (app, model, caller) = queue_app(Backend::postgres()?).await;
+    let sql = one_connection(&app).await;
+    let store: Arc<dyn Store> = sql.clone();
+    Some(PgPlan {
+        app,
+        model,
+        caller,
+        sql,
+        store,
+    })
+}
+
 async fn one_connection(app: &TestApp) -> Arc<warder_store::SqlStore> {
     Arc::new(
         warder_store::SqlStore::connect(warder_store::StoreOptions {
@@ -942,12 +974,16 @@ async fn index_scans(sql: &warder_store::SqlStore) -> (i64, i64) {
 /// rows read, through indexes and sequential scans.
 #[tokio::test]
 async fn postgres_claims_read_a_deep_backlog_in_order() {
-    let Some(b) = Backend::postgres() else {
+    let Some(PgPlan {
+        app: _app,
+        model,
+        caller,
+        sql,
+        store,
+    }) = pg_plan().await
+    else {
         return;
     };
-    let (app, model, caller) = queue_app(b).await;
-    let sql = one_connection(&app).await;
-    let store: Arc<dyn Store> = sql.clone();
     // No statistics, whatever the server's autovacuum does meanwhile.
     without_autovacuum(&sql).await;
     const BACKLOG: i64 = 20_000;
