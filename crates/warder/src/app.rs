@@ -237,10 +237,7 @@ impl App {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
-        let options = ServeOptions {
-            header_read_timeout: Duration::from_millis(self.state.config.header_read_timeout_ms),
-            drain_timeout: Duration::from_secs(self.state.config.drain_timeout_s),
-        };
+        let options = serve_options(&self.state.config);
         let runtime = tokio::runtime::Handle::current();
         let scheduler = match runtime.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
@@ -301,6 +298,14 @@ impl App {
     }
 }
 
+/// How the listeners of `serve` and `warder worker` serve connections.
+fn serve_options(config: &Config) -> ServeOptions {
+    ServeOptions {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        drain_timeout: Duration::from_secs(config.drain_timeout_s),
+    }
+}
+
 /// `warder worker`, built: the store open and migrated, the ops listener
 /// (when `worker_ops_listen` is set) bound, the worker ready to run.
 pub struct WorkerApp {
@@ -332,10 +337,7 @@ impl WorkerApp {
             )),
             None => None,
         };
-        let options = ServeOptions {
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-            drain_timeout: Duration::from_secs(config.drain_timeout_s),
-        };
+        let options = serve_options(&config);
         let backend = store.backend();
         let worker = Worker::new(WorkerDeps {
             catalog: Arc::new(Catalog::new(store.clone(), &config)),
