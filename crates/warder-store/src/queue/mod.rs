@@ -173,16 +173,32 @@ impl JobQueue for SqlStore {
                 .map(|i| format!("${}", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!(
-                "UPDATE async_jobs SET lease_expires_at = $1 \
-                 WHERE lease_owner = $2 AND status = 'IN_PROGRESS' AND id IN ({list}) \
-                 RETURNING id, cancel_requested"
-            );
+            let mine = format!("lease_owner = $2 AND status = 'IN_PROGRESS' AND id IN ({list})");
+            // On PostgreSQL a job another transaction holds is passed over,
+            // not waited for: that one is recording its outcome (or a
+            // cancel, whose wake-up runs the heartbeat again once it has
+            // committed). Waiting, the heartbeat and a batch of outcomes
+            // could each hold a job the other wanted, in opposite orders:
+            // PostgreSQL broke that deadlock after `deadlock_timeout` (1 s)
+            // by failing the batch, which was then written again.
+            let sql = match self.dialect() {
+                Dialect::Sqlite => format!(
+                    "UPDATE async_jobs SET lease_expires_at = $1 WHERE {mine} \
+                     RETURNING id, cancel_requested"
+                ),
+                Dialect::Postgres => format!(
+                    "UPDATE async_jobs SET lease_expires_at = $1 WHERE id IN \
+                     (SELECT id FROM async_jobs WHERE {mine} FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, cancel_requested"
+                ),
+            };
             let mut query = sqlx::query(&sql).bind(lease_until.0).bind(owner);
             for id in chunk {
                 query = query.bind(id);
             }
-            let rows = query.fetch_all(self.writer()).await.map_err(map_err)?;
+            // On the finisher's connections, like outcomes: a kept plan
+            // looks the jobs up by id.
+            let rows = query.fetch_all(self.finisher()).await.map_err(map_err)?;
             for row in &rows {
                 if get::<i64>(row, "cancel_requested")? != 0 {
                     cancels.push(get::<String>(row, "id")?);
@@ -207,10 +223,10 @@ impl JobQueue for SqlStore {
         if statements <= 1 {
             // One statement is a transaction of its own: no BEGIN and
             // COMMIT round trips.
-            let mut conn = self.writer().acquire().await.map_err(map_err)?;
+            let mut conn = self.finisher().acquire().await.map_err(map_err)?;
             return self.finish_on(&mut conn, items, now, retain_until).await;
         }
-        let mut tx = self.writer().begin().await.map_err(map_err)?;
+        let mut tx = self.finisher().begin().await.map_err(map_err)?;
         let applied = self.finish_on(&mut tx, items, now, retain_until).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(applied)

@@ -742,11 +742,11 @@ async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend)
 }
 
 /// On PostgreSQL outcomes look their jobs up by id however the job table
-/// has grown: a prepared statement's generic plan, chosen while the table
-/// was nearly empty, walked the index of running jobs instead (and was kept
-/// as the table grew), for a batch of successes and for a single failure
-/// alike. One connection runs every statement, so a prepared statement
-/// would be reused; the index scans are counted by the server.
+/// has grown, on a plan kept from when it was nearly empty: such a plan
+/// once walked the index of running jobs instead (and was kept as the
+/// table grew), for a batch of successes and for a single failure alike.
+/// The store has one connection for outcomes, so each statement is
+/// prepared once and reused; the index scans are counted by the server.
 #[tokio::test]
 async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     let Some(PgPlan {
@@ -794,6 +794,27 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
         after.0 >= before.0 + 26,
         "{before:?} → {after:?}: one lookup by id per job"
     );
+    // And they did so on the plan kept since the table was nearly empty:
+    // each outcome statement was prepared once, on the finisher's one
+    // connection, and ran on its generic plan.
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'UPDATE async_jobs SET status = %'",
+    )
+    .fetch_all(sql.finisher())
+    .await
+    .expect("prepared statements");
+    for kind in ["SUCCEEDED", "FAILED"] {
+        let (_, generic, custom) = plans
+            .iter()
+            .find(|(text, ..)| text.contains(&format!("'{kind}'")))
+            .unwrap_or_else(|| panic!("the {kind} statement is prepared: {plans:?}"));
+        assert_eq!(custom + generic, 20, "{kind}: prepared once, run 20 times");
+        assert!(
+            *generic >= 13,
+            "{kind}: ran on its generic plan ({plans:?})"
+        );
+    }
 }
 
 /// A large batch of successes looks its jobs up by id even when the index
@@ -841,6 +862,115 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
         after.0 > before.0,
         "{before:?} → {after:?}: looked up by id"
     );
+}
+
+/// A batch of successes runs on the plan PostgreSQL kept for its statement
+/// while the job table was small, and that plan still looks each job up
+/// by id once the table has grown. Chosen for a table of a few pages, a
+/// plan that hashed the batch against a scan of the whole table would be
+/// kept as well: the finisher's connections are set so that the planner
+/// does not choose one.
+#[tokio::test]
+async fn postgres_a_batch_of_successes_keeps_reading_by_id_on_its_kept_plan() {
+    let Some(PgPlan {
+        app: _app,
+        model,
+        caller,
+        sql,
+        store,
+    }) = pg_plan().await
+    else {
+        return;
+    };
+    without_autovacuum(&sql).await;
+    let (leases, now, until) = claimed(&store, &model, &caller, 20, 224).await;
+    // Six batches of 32 while the table is small: from the sixth run on,
+    // PostgreSQL may keep the statement's generic plan.
+    for batch in leases[..192].chunks(32) {
+        let done = store
+            .finish_jobs(&successes(batch, |_| "1".to_owned()), now, until)
+            .await
+            .expect("finish");
+        assert_eq!(done, vec![true; 32]);
+    }
+    generated_jobs(&sql, &model, &caller, "grown-", "SUCCEEDED", 100_000).await;
+
+    let before = index_scans(&sql).await;
+    let done = store
+        .finish_jobs(&successes(&leases[192..], |_| "1".to_owned()), now, until)
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true; 32]);
+    let after = index_scans(&sql).await;
+    assert_eq!(after.1, before.1, "no scan of the running-jobs index");
+    assert!(
+        after.0 >= before.0 + 32,
+        "{before:?} → {after:?}: one lookup by id per job"
+    );
+    let (generic,): (i64,) = sqlx::query_as(
+        "SELECT generic_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'UPDATE async_jobs SET status = ''SUCCEEDED''%'",
+    )
+    .fetch_one(sql.finisher())
+    .await
+    .expect("the statement is prepared");
+    assert!(generic >= 2, "ran on its kept plan ({generic} runs)");
+}
+
+/// A heartbeat on PostgreSQL passes over a job another transaction holds
+/// (one recording its outcome) instead of waiting for it, and renews the
+/// others. Waiting, it could deadlock with a batch of outcomes that holds
+/// that job and wants one the heartbeat holds: PostgreSQL broke the
+/// deadlock only after a second by failing the batch.
+#[tokio::test]
+async fn postgres_a_heartbeat_passes_over_a_job_being_finished() {
+    let Some(PgPlan {
+        app,
+        model,
+        caller,
+        sql,
+        store,
+    }) = pg_plan().await
+    else {
+        return;
+    };
+    let (leases, _, until) = claimed(&store, &model, &caller, 60, 2).await;
+    let (held, free) = (&leases[0].job.id, &leases[1].job.id);
+    let url = app.state.config.effective_database_url();
+    let mut other = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("a second connection");
+    sqlx::query("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM async_jobs WHERE id = $1 FOR UPDATE")
+        .bind(held)
+        .execute(&mut other)
+        .await
+        .expect("hold one job");
+
+    let renewed = Timestamp(until.0 + 60_000);
+    let ids = [held.clone(), free.clone()];
+    let cancels = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.heartbeat("w-one", &ids, renewed),
+    )
+    .await
+    .expect("the heartbeat does not wait for the held job")
+    .expect("heartbeat");
+    assert!(cancels.is_empty());
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("rollback");
+    let lease_end = |id: &str| {
+        sqlx::query_scalar::<_, i64>("SELECT lease_expires_at FROM async_jobs WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_one(sql.pool())
+    };
+    assert_eq!(lease_end(free).await.expect("free job"), renewed.0);
+    assert_eq!(lease_end(held).await.expect("held job"), until.0);
 }
 
 /// `n` new jobs (request ids from `first` on), stored and claimed by
@@ -946,13 +1076,15 @@ async fn one_connection(app: &TestApp) -> Arc<warder_store::SqlStore> {
 }
 
 /// Scans so far of the job table's primary key and of its index of running
-/// jobs, as the server counts them, after the store's one connection has
-/// reported its own.
+/// jobs, as the server counts them, after the store's connections (its one
+/// pooled connection and its finisher) have reported their own.
 async fn index_scans(sql: &warder_store::SqlStore) -> (i64, i64) {
-    sqlx::query("SELECT 1 FROM (SELECT pg_stat_force_next_flush()) AS f")
-        .execute(sql.pool())
-        .await
-        .expect("flush");
+    for pool in [sql.finisher(), sql.pool()] {
+        sqlx::query("SELECT 1 FROM (SELECT pg_stat_force_next_flush()) AS f")
+            .execute(pool)
+            .await
+            .expect("flush");
+    }
     let row = sqlx::query(
         "SELECT CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_pkey'), 0) AS BIGINT) AS pkey, \
          CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_running'), 0) AS BIGINT) AS running \
