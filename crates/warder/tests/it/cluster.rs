@@ -25,7 +25,7 @@ struct Node {
     child: Child,
     url: String,
     ops: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Node {
@@ -70,16 +70,20 @@ impl Cluster {
             .env("WARDER_BOOTSTRAP_ADMIN_KEY", &self.admin_key)
             .env("WARDER_LOG_LEVEL", "warn")
             .env("WARDER_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("out.log")).expect("log file"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("err.log")).expect("log file"),
+            ));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let node = Node {
+        let mut node = Node {
             child: cmd.spawn().expect("warder starts"),
             url: format!("http://127.0.0.1:{port}"),
             ops: format!("http://127.0.0.1:{ops_port}"),
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -88,7 +92,18 @@ impl Cluster {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "node did not become ready");
+            // A node that exited, or never got ready, says why.
+            let exited = node.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = |name: &str| {
+                    std::fs::read_to_string(node.dir.path().join(name)).unwrap_or_default()
+                };
+                panic!(
+                    "node did not become ready (exited: {exited:?})\nstdout: {}\nstderr: {}",
+                    log("out.log"),
+                    log("err.log")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         node
