@@ -31,7 +31,7 @@ from harness.host import wake_latency  # noqa: E402
 from harness.loadgen import LoadError, Oha, Wrk  # noqa: E402
 from harness.procs import Procs, core_busy_seconds, cpu_seconds, cpu_split, status_kib  # noqa: E402
 from harness.targets import (  # noqa: E402
-    FLOOR_LABEL, Target, Unavailable, check_warder, configure_warder, log_lines,
+    FLOOR_LABEL, Target, Unavailable, check_warder, configure_warder, log_lines, log_warnings,
     start_bare_proxy, start_litellm, start_nginx, start_upstream, start_warder)
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -402,6 +402,23 @@ class Bench:
         if t.service is not None and t.name.startswith("warder"):
             self.log_lines[t.name] = self.log_lines.get(t.name, 0) + log_lines(t.service)
 
+    def warder_warnings(self):
+        """Each warder instance's WARN and ERROR log lines, {message: count},
+        with a note for each instance that logged any: a stall such as a
+        retried write shows in a round's figures, and here says why."""
+        out = {}
+        for name, svc in self.services.items():
+            if not name.startswith("warder") or not hasattr(svc, "log_path"):
+                continue
+            found = log_warnings(svc)
+            if not found:
+                continue
+            out[name] = found
+            top = sorted(found.items(), key=lambda kv: -kv[1])[:3]
+            self.notes.append(f"{name} logged {sum(found.values())} warning or error lines: "
+                              + "; ".join(f"{m[:160]} (×{c})" for m, c in top))
+        return out
+
     def warmup(self):
         if self.a.warmup <= 0:
             return
@@ -582,6 +599,7 @@ def main(argv):
         fatal = str(e)
         b.say(f"FATAL: {e}")
     facts = b.service_facts()
+    warnings = b.warder_warnings()
     if not fatal:
         b.probe_wake("after")  # the services are idle by now
     result = {
@@ -594,6 +612,7 @@ def main(argv):
         "skipped_rates": b.skipped_rates,
         "services": facts,
         "warder_log_lines": b.log_lines,
+        "warder_warnings": warnings,
         "async_queue_latency": b.queue_waits,
         "host_wake": b.wake,
         "syscalls_per_request": b.syscalls,

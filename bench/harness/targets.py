@@ -267,14 +267,46 @@ def check_warder(svc, upstream, warm=50):
 
 
 def log_lines(svc):
-    """Lines in the warder log so far; truncates it (O_APPEND keeps writes sane)."""
+    """Lines in the warder log so far; truncates it (O_APPEND keeps writes sane).
+    Its WARN and ERROR lines are kept in `svc.warnings` first."""
     try:
+        n = 0
         with open(svc.log_path, "rb") as f:
-            n = sum(1 for _ in f)
+            for line in f:
+                n += 1
+                _keep_warning(svc, line)
         os.truncate(svc.log_path, 0)
         return n
     except OSError:
         return 0
+
+
+def log_warnings(svc):
+    """`svc`'s WARN and ERROR lines, those of its log not yet read included:
+    {message: count}."""
+    try:
+        with open(svc.log_path, "rb") as f:
+            for line in f:
+                _keep_warning(svc, line)
+        os.truncate(svc.log_path, 0)
+    except OSError:
+        pass
+    return dict(getattr(svc, "warnings", {}))
+
+
+def _keep_warning(svc, line):
+    # Cheap test first: nearly every line is an info line.
+    if b'"level":"WARN"' not in line and b'"level":"ERROR"' not in line:
+        return
+    try:
+        d = json.loads(line)
+        msg = d.get("message", "?")
+        if d.get("error"):
+            msg += f": {d['error']}"
+    except ValueError:
+        msg = line[:200].decode("utf-8", "replace")
+    svc.warnings = getattr(svc, "warnings", {})
+    svc.warnings[msg] = svc.warnings.get(msg, 0) + 1
 
 
 LITELLM_CONF = """\
