@@ -87,6 +87,11 @@ def figures(res):
             "jobs_per_s": _med(r.get("jobs_per_s") for r in aa),
             "cpu_ms_per_1k": _med(r.get("cpu_ms_per_1k") for r in aa),
             "store_cpu_ms_per_1k": _med(r.get("store_cpu_ms_per_1k") for r in aa),
+            # wrk submitting and polling, and the upstream answering the
+            # worker's calls: their CPU per job, on the load core.
+            "load_cpu_ms_per_1k": _med(r["load_core_busy"] * r["wall_s"] * 1e6 / r["requests"]
+                                       for r in aa if r.get("load_core_busy") is not None
+                                       and r.get("wall_s") and r.get("requests")),
             "errors": sum(r.get("errors", 0) for r in slot["async"]),
             "peak_rss_mib": _rss_mib(facts, ASYNC_SERVICE.get(name, name)),
             "queue_latency": (res.get("async_queue_latency") or {}).get(name),
@@ -270,11 +275,14 @@ def limits(fig, cores, host_wake=None):
     pg = fig["async"].get("warder-async-pg") or {}
     if pg.get("store_cpu_ms_per_1k"):
         store, own = pg["store_cpu_ms_per_1k"], pg.get("cpu_ms_per_1k") or 0
-        out.append(f"Async on PostgreSQL: the PostgreSQL server used {store:.0f} CPU-ms per "
-                   f"1 000 jobs and warder {own:.0f}. 10 000 jobs/s would take "
-                   f"{store * 10 / 1000:.2f} cores for PostgreSQL alone and "
-                   f"{(store + own) * 10 / 1000:.2f} with warder, on a machine of "
-                   f"{cores or os.cpu_count()} cores that also runs the load generator.")
+        load = pg.get("load_cpu_ms_per_1k") or 0
+        total, n = store + own + load, cores or os.cpu_count()
+        out.append(f"Async on PostgreSQL: per 1 000 jobs the PostgreSQL server used {store:.0f} "
+                   f"CPU-ms, warder {own:.0f} and the load generator with the upstream "
+                   f"{load:.0f}: {total:.0f} in all. 10 000 jobs/s would take "
+                   f"{total * 10 / 1000:.2f} cores ({store * 10 / 1000:.2f} for PostgreSQL "
+                   f"alone); the machine's {n} cores, kept entirely busy, would complete at "
+                   f"most {n * 1e6 / total:.0f} jobs/s at that cost.")
     return out
 
 
