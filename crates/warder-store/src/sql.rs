@@ -33,7 +33,8 @@ pub enum Dialect {
 pub struct StoreOptions {
     /// `sqlite://path` or `postgres://…`.
     pub url: String,
-    /// Pool size.
+    /// Size of the shared pool. On PostgreSQL the job queue's finisher
+    /// opens up to two connections more ([`SqlStore::finisher`]).
     pub max_connections: u32,
     /// How long to wait for a connection (and thus for an unreachable database).
     pub acquire_timeout: Duration,
@@ -81,11 +82,13 @@ pub struct SqlStore {
     /// from the file. On PostgreSQL, the shared pool.
     writer: AnyPool,
     /// Where the job queue writes to leased jobs by id: outcomes and lease
-    /// renewals. On SQLite the writer. On PostgreSQL two connections of
-    /// their own (one each for the worker's outcomes and heartbeats) whose
-    /// planner picks no sequential scan, hash or merge join while an index
-    /// can serve ([`FINISHER_SETTINGS`]), so that these statements are
-    /// prepared once and run on the plan PostgreSQL keeps.
+    /// renewals. On SQLite the writer. On PostgreSQL a pool of its own, in
+    /// addition to the shared one: two connections (as many as the
+    /// worker's writers of outcomes and heartbeats; fewer if
+    /// `max_connections` is lower) whose planner picks no sequential scan,
+    /// hash or merge join while an index can serve ([`FINISHER_SETTINGS`]),
+    /// so that these statements are prepared once and run on the plan
+    /// PostgreSQL keeps.
     finisher: AnyPool,
     dialect: Dialect,
     /// Read queries issued; lets operators (and tests) see that the hot path

@@ -169,11 +169,16 @@ impl JobQueue for SqlStore {
     ) -> StoreResult<Vec<String>> {
         let mut cancels = Vec::new();
         for chunk in ids.chunks(rows_per_statement(self.dialect())) {
-            let list = (0..chunk.len())
+            // Padded like a batch of outcomes, so that a few texts stay
+            // prepared: a NULL in the list names no job.
+            let rows = padded_rows(self.dialect(), chunk.len());
+            let list = (0..rows)
                 .map(|i| format!("${}", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mine = format!("lease_owner = $2 AND status = 'IN_PROGRESS' AND id IN ({list})");
+            // `status || ''`: see `finish_succeeded_sql`.
+            let mine =
+                format!("lease_owner = $2 AND status || '' = 'IN_PROGRESS' AND id IN ({list})");
             // On PostgreSQL a job another transaction holds is passed over,
             // not waited for: that one is recording its outcome (or a
             // cancel, whose wake-up runs the heartbeat again once it has
@@ -195,6 +200,9 @@ impl JobQueue for SqlStore {
             let mut query = sqlx::query(&sql).bind(lease_until.0).bind(owner);
             for id in chunk {
                 query = query.bind(id);
+            }
+            for _ in chunk.len()..rows {
+                query = query.bind(None::<String>);
             }
             // On the finisher's connections, like outcomes: a kept plan
             // looks the jobs up by id.

@@ -177,7 +177,7 @@ impl SqlStore {
                 lease_until,
             );
         }
-        returned_ids(conn, &sql, args, jobs.iter().map(|j| j.id.as_str()), true).await
+        returned_ids(conn, &sql, args, jobs.iter().map(|j| j.id.as_str())).await
     }
 
     /// What a job that was not inserted is: the owner's earlier job with the
@@ -258,7 +258,6 @@ impl SqlStore {
             &sql,
             args,
             chunk.iter().map(|&i| items[i].id.as_str()),
-            true,
         )
         .await
     }
@@ -444,10 +443,8 @@ async fn returned_ids(
     sql: &str,
     args: sqlx::any::AnyArguments<'_>,
     ids: impl Iterator<Item = &str>,
-    prepared: bool,
 ) -> StoreResult<Vec<bool>> {
     let written: HashSet<String> = sqlx::query_scalar_with(sql, args)
-        .persistent(prepared)
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?

@@ -28,6 +28,8 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     else {
         return;
     };
+    // No analyze of the grown table to replace the kept plans.
+    without_autovacuum(&sql).await;
     let (leases, now, until) = claimed(&store, &model, &caller, 100, 40).await;
     // A success and a failure, each a statement of its own.
     let finish = |pair: &[Lease]| {
@@ -123,12 +125,12 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
     read_by_id_since(&sql, before, 1).await;
 }
 
-/// A batch of successes runs on the plan PostgreSQL kept for its statement
-/// while the job table was small, and that plan still looks each job up
-/// by id once the table has grown. Chosen for a table of a few pages, a
-/// plan that hashed the batch against a scan of the whole table would be
-/// kept as well: the finisher's connections are set so that the planner
-/// does not choose one.
+/// A batch of successes, and a heartbeat, run on the plans PostgreSQL kept
+/// for their statements while the job table was small, and those plans
+/// still look each job up by id once the table has grown. Chosen for a
+/// table of a few pages, a plan that hashed the batch against a scan of
+/// the whole table would be kept as well: the finisher's connections are
+/// set so that the planner does not choose one.
 #[tokio::test]
 async fn postgres_a_batch_of_successes_keeps_reading_by_id_on_its_kept_plan() {
     let Some(PgPlan {
@@ -143,16 +145,41 @@ async fn postgres_a_batch_of_successes_keeps_reading_by_id_on_its_kept_plan() {
     };
     without_autovacuum(&sql).await;
     let (leases, now, until) = claimed(&store, &model, &caller, 20, 224).await;
-    // Six batches of 32 while the table is small: from the sixth run on,
-    // PostgreSQL may keep the statement's generic plan.
-    for batch in leases[..192].chunks(32) {
+    let last: Vec<String> = leases[192..].iter().map(|l| l.job.id.clone()).collect();
+    let heartbeat = |n: i64| {
+        let (store, last) = (store.clone(), last.clone());
+        async move {
+            let cancels = store
+                .heartbeat("w-one", &last, Timestamp(until.0 + n))
+                .await
+                .expect("heartbeat");
+            assert!(cancels.is_empty());
+        }
+    };
+    // Six batches of 32, and six heartbeats of 32 jobs, while the table is
+    // small: from the sixth run on, PostgreSQL may keep a statement's
+    // generic plan.
+    for (n, batch) in leases[..192].chunks(32).enumerate() {
         let done = store
             .finish_jobs(&successes(batch, |_| "1".to_owned()), now, until)
             .await
             .expect("finish");
         assert_eq!(done, vec![true; 32]);
+        heartbeat(n as i64).await;
     }
     generated_jobs(&sql, &model, &caller, "grown-", "SUCCEEDED", 100_000).await;
+
+    let before = index_scans(&sql).await;
+    heartbeat(1_000).await;
+    read_by_id_since(&sql, before, 1).await;
+    let renewed: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM async_jobs WHERE lease_expires_at = $1",
+    )
+    .bind(until.0 + 1_000)
+    .fetch_one(sql.pool())
+    .await
+    .expect("renewed leases");
+    assert_eq!(renewed, 32, "the heartbeat renewed every lease it named");
 
     let before = index_scans(&sql).await;
     let done = store
@@ -169,6 +196,17 @@ async fn postgres_a_batch_of_successes_keeps_reading_by_id_on_its_kept_plan() {
     .await
     .expect("the statement is prepared");
     assert!(generic >= 2, "ran on its kept plan ({generic} runs)");
+    let (generic,): (i64,) = sqlx::query_as(
+        "SELECT generic_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'UPDATE async_jobs SET lease_expires_at = %'",
+    )
+    .fetch_one(sql.finisher())
+    .await
+    .expect("the heartbeat is prepared");
+    assert!(
+        generic >= 2,
+        "the heartbeat ran on its kept plan ({generic} runs)"
+    );
 }
 
 /// A heartbeat on PostgreSQL passes over a job another transaction holds
@@ -290,9 +328,6 @@ async fn generated_jobs(
     .expect("generated jobs");
 }
 
-/// The app's database through a store of one connection: every statement
-/// runs on it, so a prepared statement is reused and the server's counts
-/// for that connection can be flushed from it.
 /// What the PostgreSQL plan tests work on: a queue app (no worker) and its
 /// store over one connection, as itself and as a `Store`.
 struct PgPlan {
@@ -317,6 +352,10 @@ async fn pg_plan() -> Option<PgPlan> {
     })
 }
 
+/// The app's database through a store of one shared connection and one
+/// finisher connection: each statement runs on one of them every time, so
+/// a prepared statement is reused and the server's counts for either can
+/// be flushed from it.
 async fn one_connection(app: &TestApp) -> Arc<warder_store::SqlStore> {
     Arc::new(
         warder_store::SqlStore::connect(warder_store::StoreOptions {
