@@ -33,8 +33,7 @@ pub enum Dialect {
 pub struct StoreOptions {
     /// `sqlite://path` or `postgres://…`.
     pub url: String,
-    /// Size of the shared pool. On PostgreSQL the job queue's finisher
-    /// opens up to two connections more ([`SqlStore::finisher`]).
+    /// Pool size.
     pub max_connections: u32,
     /// How long to wait for a connection (and thus for an unreachable database).
     pub acquire_timeout: Duration,
@@ -51,26 +50,6 @@ impl StoreOptions {
     }
 }
 
-/// The settings of the PostgreSQL connections that write to leased jobs
-/// by id ([`SqlStore::finisher`]).
-///
-/// These statements update the jobs they name, each looked up by id.
-/// Prepared, a statement runs on the generic plan PostgreSQL keeps after
-/// five runs, chosen for the table as it was then: while the table is
-/// small, a sequential scan, or a hash join with a scan of a whole index,
-/// costs less to the planner than a look-up per job, and the plan is kept
-/// as the table grows (until the table is analyzed again: never, with
-/// autovacuum off). So outcomes were planned anew for each run, and
-/// parsing and planning a statement of up to 1 026 parameters took about a
-/// quarter of each batch's time in the server (`bench/`, async on
-/// PostgreSQL, `log_min_duration_statement`). These settings make the
-/// scans and joins they name costly to the planner (not forbidden: taken
-/// where nothing else serves), so any plan it keeps looks its jobs up by
-/// id.
-const FINISHER_SETTINGS: &str =
-    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
-     SET enable_bitmapscan = off; SET jit = off";
-
 /// The storage traits over SQL.
 pub struct SqlStore {
     pool: AnyPool,
@@ -81,15 +60,6 @@ pub struct SqlStore {
     /// page cache, which every other connection must drop and read again
     /// from the file. On PostgreSQL, the shared pool.
     writer: AnyPool,
-    /// Where the job queue writes to leased jobs by id: outcomes and lease
-    /// renewals. On SQLite the writer. On PostgreSQL a pool of its own, in
-    /// addition to the shared one: two connections (as many as the
-    /// worker's writers of outcomes and heartbeats; fewer if
-    /// `max_connections` is lower) whose planner picks no sequential scan,
-    /// hash or merge join while an index can serve ([`FINISHER_SETTINGS`]),
-    /// so that these statements are prepared once and run on the plan
-    /// PostgreSQL keeps.
-    finisher: AnyPool,
     dialect: Dialect,
     /// Read queries issued; lets operators (and tests) see that the hot path
     /// is served from caches.
@@ -189,25 +159,9 @@ impl SqlStore {
                 .map_err(map_err)?,
             Dialect::Postgres => pool.clone(),
         };
-        let finisher = match dialect {
-            Dialect::Sqlite => writer.clone(),
-            Dialect::Postgres => {
-                pool_options(options.max_connections.min(2), options.acquire_timeout)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute(FINISHER_SETTINGS).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&options.url)
-                    .await
-                    .map_err(map_err)?
-            }
-        };
         Ok(SqlStore {
             pool,
             writer,
-            finisher,
             dialect,
             reads: AtomicU64::new(0),
         })
@@ -238,11 +192,6 @@ impl SqlStore {
     /// Where the job queue writes (see the field).
     pub fn writer(&self) -> &AnyPool {
         &self.writer
-    }
-
-    /// Where the job queue writes to leased jobs by id (see the field).
-    pub fn finisher(&self) -> &AnyPool {
-        &self.finisher
     }
 
     /// Counts a control-plane read made other than by

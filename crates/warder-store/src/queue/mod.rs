@@ -169,16 +169,11 @@ impl JobQueue for SqlStore {
     ) -> StoreResult<Vec<String>> {
         let mut cancels = Vec::new();
         for chunk in ids.chunks(rows_per_statement(self.dialect())) {
-            // Padded like a batch of outcomes, so that a few texts stay
-            // prepared: a NULL in the list names no job.
-            let rows = padded_rows(self.dialect(), chunk.len());
-            let list = (0..rows)
+            let list = (0..chunk.len())
                 .map(|i| format!("${}", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            // `status || ''`: see `finish_succeeded_sql`.
-            let mine =
-                format!("lease_owner = $2 AND status || '' = 'IN_PROGRESS' AND id IN ({list})");
+            let mine = format!("lease_owner = $2 AND status = 'IN_PROGRESS' AND id IN ({list})");
             // On PostgreSQL a job another transaction holds is passed over,
             // not waited for: that one is recording its outcome (or a
             // cancel, whose wake-up runs the heartbeat again once it has
@@ -201,12 +196,15 @@ impl JobQueue for SqlStore {
             for id in chunk {
                 query = query.bind(id);
             }
-            for _ in chunk.len()..rows {
-                query = query.bind(None::<String>);
-            }
-            // On the finisher's connections, like outcomes: a kept plan
-            // looks the jobs up by id.
-            let rows = query.fetch_all(self.finisher()).await.map_err(map_err)?;
+            // Planned for each run on PostgreSQL, like a batch of outcomes
+            // (`finish_succeeded`): a kept plan, chosen while the table was
+            // small, could join the list to a scan of the whole table.
+            // One heartbeat every few seconds plans little.
+            let rows = query
+                .persistent(self.dialect() == Dialect::Sqlite)
+                .fetch_all(self.writer())
+                .await
+                .map_err(map_err)?;
             for row in &rows {
                 if get::<i64>(row, "cancel_requested")? != 0 {
                     cancels.push(get::<String>(row, "id")?);
@@ -231,10 +229,10 @@ impl JobQueue for SqlStore {
         if statements <= 1 {
             // One statement is a transaction of its own: no BEGIN and
             // COMMIT round trips.
-            let mut conn = self.finisher().acquire().await.map_err(map_err)?;
+            let mut conn = self.writer().acquire().await.map_err(map_err)?;
             return self.finish_on(&mut conn, items, now, retain_until).await;
         }
-        let mut tx = self.finisher().begin().await.map_err(map_err)?;
+        let mut tx = self.writer().begin().await.map_err(map_err)?;
         let applied = self.finish_on(&mut tx, items, now, retain_until).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(applied)

@@ -48,8 +48,8 @@ pub(super) fn rows_per_statement(dialect: Dialect) -> usize {
     }
 }
 
-/// Rows a multi-row statement of `n` submits or outcomes is written with: on
-/// PostgreSQL, the next of 16 sizes, filled with padding rows.
+/// Rows a multi-row insert of `n` jobs is written with: on PostgreSQL, the
+/// next of 16 sizes, filled with copies of the statement's first row.
 ///
 /// Each row count is a statement text of its own, and PostgreSQL plans an
 /// execution afresh until one text has run five times: with every batch
@@ -57,10 +57,11 @@ pub(super) fn rows_per_statement(dialect: Dialect) -> usize {
 /// about a tenth of the server's CPU per async job (`perf`, `bench/`).
 /// From 4 on each size is a half or a third above the one before, so a
 /// statement carries under half as many rows again as asked, and a few
-/// texts stay prepared with a cached plan. A padding row (for
-/// a submit, the first row with a NULL id; for an outcome, a row of NULLs)
-/// changes nothing: the statement leaves it out. SQLite keeps a compiled
-/// statement per text and plans nothing per run.
+/// texts stay prepared with a cached plan. A padding row, the first row
+/// with a NULL id, changes nothing: the statement leaves it out. (A
+/// batch of outcomes is planned for each run instead, and not padded: see
+/// `finish_succeeded`.) SQLite keeps a compiled statement per text and
+/// plans nothing per run.
 pub(super) fn padded_rows(dialect: Dialect, n: usize) -> usize {
     const SIZES: [usize; 16] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
     match dialect {

@@ -1,9 +1,9 @@
 //! The job queue's statements on PostgreSQL, driven through the store:
-//! outcomes, heartbeats and claims keep looking jobs up by id, or reading
-//! the ready index in claim order, however the table has grown and
-//! whatever its statistics say; a heartbeat passes over a job another
-//! transaction holds. Index scans and rows read are counted by the server.
-//! The in-process worker is off, so only the test claims.
+//! outcomes keep looking jobs up by id, and claims reading the ready index
+//! in claim order, however the table has grown and whatever its statistics
+//! say; a heartbeat passes over a job another transaction holds. Index
+//! scans and rows read are counted by the server. The in-process worker is
+//! off, so only the test claims.
 
 use crate::async_queue_store::{job, queue_app, request_id, store_new, successes};
 use crate::helpers::*;
@@ -11,11 +11,11 @@ use std::sync::Arc;
 use warder_core::{Lease, NewJob, Outcome, Store, Timestamp};
 
 /// On PostgreSQL outcomes look their jobs up by id however the job table
-/// has grown, on a plan kept from when it was nearly empty: such a plan
-/// once walked the index of running jobs instead (and was kept as the
-/// table grew), for a batch of successes and for a single failure alike.
-/// The store has one connection for outcomes, so each statement is
-/// prepared once and reused; the index scans are counted by the server.
+/// has grown: a prepared statement's generic plan, chosen while the table
+/// was nearly empty, walked the index of running jobs instead (and was kept
+/// as the table grew), for a batch of successes and for a single failure
+/// alike. One connection runs every statement, so a prepared statement
+/// would be reused; the index scans are counted by the server.
 #[tokio::test]
 async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     let Some(PgPlan {
@@ -28,7 +28,7 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
     else {
         return;
     };
-    // No analyze of the grown table to replace the kept plans.
+    // No analyze of the grown table: the statistics stay those of a small one.
     without_autovacuum(&sql).await;
     let (leases, now, until) = claimed(&store, &model, &caller, 100, 40).await;
     // A success and a failure, each a statement of its own.
@@ -60,27 +60,6 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
         finish(pair).await;
     }
     read_by_id_since(&sql, before, 26).await;
-    // And they did so on the plan kept since the table was nearly empty:
-    // each outcome statement was prepared once, on the finisher's one
-    // connection, and ran on its generic plan.
-    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements \
-         WHERE statement LIKE 'UPDATE async_jobs SET status = %'",
-    )
-    .fetch_all(sql.finisher())
-    .await
-    .expect("prepared statements");
-    for kind in ["SUCCEEDED", "FAILED"] {
-        let (_, generic, custom) = plans
-            .iter()
-            .find(|(text, ..)| text.contains(&format!("'{kind}'")))
-            .unwrap_or_else(|| panic!("the {kind} statement is prepared: {plans:?}"));
-        assert_eq!(custom + generic, 20, "{kind}: prepared once, run 20 times");
-        assert!(
-            *generic >= 13,
-            "{kind}: ran on its generic plan ({plans:?})"
-        );
-    }
 }
 
 /// A large batch of successes looks its jobs up by id even when the index
@@ -123,90 +102,6 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
         .expect("finish");
     assert_eq!(done, vec![true; 64]);
     read_by_id_since(&sql, before, 1).await;
-}
-
-/// A batch of successes, and a heartbeat, run on the plans PostgreSQL kept
-/// for their statements while the job table was small, and those plans
-/// still look each job up by id once the table has grown. Chosen for a
-/// table of a few pages, a plan that hashed the batch against a scan of
-/// the whole table would be kept as well: the finisher's connections are
-/// set so that the planner does not choose one.
-#[tokio::test]
-async fn postgres_a_batch_of_successes_keeps_reading_by_id_on_its_kept_plan() {
-    let Some(PgPlan {
-        app: _app,
-        model,
-        caller,
-        sql,
-        store,
-    }) = pg_plan().await
-    else {
-        return;
-    };
-    without_autovacuum(&sql).await;
-    let (leases, now, until) = claimed(&store, &model, &caller, 20, 224).await;
-    let last: Vec<String> = leases[192..].iter().map(|l| l.job.id.clone()).collect();
-    let heartbeat = |n: i64| {
-        let (store, last) = (store.clone(), last.clone());
-        async move {
-            let cancels = store
-                .heartbeat("w-one", &last, Timestamp(until.0 + n))
-                .await
-                .expect("heartbeat");
-            assert!(cancels.is_empty());
-        }
-    };
-    // Six batches of 32, and six heartbeats of 32 jobs, while the table is
-    // small: from the sixth run on, PostgreSQL may keep a statement's
-    // generic plan.
-    for (n, batch) in leases[..192].chunks(32).enumerate() {
-        let done = store
-            .finish_jobs(&successes(batch, |_| "1".to_owned()), now, until)
-            .await
-            .expect("finish");
-        assert_eq!(done, vec![true; 32]);
-        heartbeat(n as i64).await;
-    }
-    generated_jobs(&sql, &model, &caller, "grown-", "SUCCEEDED", 100_000).await;
-
-    let before = index_scans(&sql).await;
-    heartbeat(1_000).await;
-    read_by_id_since(&sql, before, 1).await;
-    let renewed: i64 = sqlx::query_scalar(
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM async_jobs WHERE lease_expires_at = $1",
-    )
-    .bind(until.0 + 1_000)
-    .fetch_one(sql.pool())
-    .await
-    .expect("renewed leases");
-    assert_eq!(renewed, 32, "the heartbeat renewed every lease it named");
-
-    let before = index_scans(&sql).await;
-    let done = store
-        .finish_jobs(&successes(&leases[192..], |_| "1".to_owned()), now, until)
-        .await
-        .expect("finish");
-    assert_eq!(done, vec![true; 32]);
-    read_by_id_since(&sql, before, 32).await;
-    let (generic,): (i64,) = sqlx::query_as(
-        "SELECT generic_plans FROM pg_prepared_statements \
-         WHERE statement LIKE 'UPDATE async_jobs SET status = ''SUCCEEDED''%'",
-    )
-    .fetch_one(sql.finisher())
-    .await
-    .expect("the statement is prepared");
-    assert!(generic >= 2, "ran on its kept plan ({generic} runs)");
-    let (generic,): (i64,) = sqlx::query_as(
-        "SELECT generic_plans FROM pg_prepared_statements \
-         WHERE statement LIKE 'UPDATE async_jobs SET lease_expires_at = %'",
-    )
-    .fetch_one(sql.finisher())
-    .await
-    .expect("the heartbeat is prepared");
-    assert!(
-        generic >= 2,
-        "the heartbeat ran on its kept plan ({generic} runs)"
-    );
 }
 
 /// A heartbeat on PostgreSQL passes over a job another transaction holds
@@ -352,10 +247,9 @@ async fn pg_plan() -> Option<PgPlan> {
     })
 }
 
-/// The app's database through a store of one shared connection and one
-/// finisher connection: each statement runs on one of them every time, so
-/// a prepared statement is reused and the server's counts for either can
-/// be flushed from it.
+/// The app's database through a store of one connection: every statement
+/// runs on it, so a prepared statement is reused and the server's counts
+/// for that connection can be flushed from it.
 async fn one_connection(app: &TestApp) -> Arc<warder_store::SqlStore> {
     Arc::new(
         warder_store::SqlStore::connect(warder_store::StoreOptions {
@@ -381,15 +275,13 @@ async fn read_by_id_since(sql: &warder_store::SqlStore, before: (i64, i64), look
 }
 
 /// Scans so far of the job table's primary key and of its index of running
-/// jobs, as the server counts them, after the store's connections (its one
-/// pooled connection and its finisher) have reported their own.
+/// jobs, as the server counts them, after the store's one connection has
+/// reported its own.
 async fn index_scans(sql: &warder_store::SqlStore) -> (i64, i64) {
-    for pool in [sql.finisher(), sql.pool()] {
-        sqlx::query("SELECT 1 FROM (SELECT pg_stat_force_next_flush()) AS f")
-            .execute(pool)
-            .await
-            .expect("flush");
-    }
+    sqlx::query("SELECT 1 FROM (SELECT pg_stat_force_next_flush()) AS f")
+        .execute(sql.pool())
+        .await
+        .expect("flush");
     let row = sqlx::query(
         "SELECT CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_pkey'), 0) AS BIGINT) AS pkey, \
          CAST(COALESCE(SUM(idx_scan) FILTER (WHERE indexrelname = 'async_jobs_running'), 0) AS BIGINT) AS running \
