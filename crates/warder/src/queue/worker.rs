@@ -19,16 +19,13 @@
 //! The worker must never write a job it no longer holds: every write names
 //! its lease token, and the store refuses stale ones.
 
-use crate::catalog::{Catalog, ResolveError, Selector, Target};
+use crate::catalog::{Catalog, ResolveError, Selector};
 use crate::config::Config;
 use crate::queue::Signals;
 use crate::telemetry::lifecycle;
 use crate::telemetry::metrics::{Metrics, ModelLabels, QueueLabels};
-use crate::upstream::{UpstreamClient, UpstreamErrorKind};
+use crate::upstream::UpstreamClient;
 use crate::webhooks::Webhooks;
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +34,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use warder_core::*;
+
+mod attempt;
+
+use attempt::{jittered, Attempt};
 
 /// How long the claim loop lets freed slots gather while jobs are waiting
 /// (short against the queue-latency budget of 50 ms).
@@ -83,14 +84,6 @@ pub struct Slots {
     pub lease: SubmitLease,
     /// One per submit that may be handed over.
     pub permits: Vec<OwnedSemaphorePermit>,
-}
-
-/// How an attempt ended, before the retry policy is applied.
-enum Attempt {
-    Succeeded(String),
-    Retryable(JobError),
-    Fatal(JobError),
-    Canceled,
 }
 
 impl Worker {
@@ -392,86 +385,6 @@ impl Worker {
         }
     }
 
-    /// One call of the model for a job.
-    async fn attempt(&self, job: &AsyncJob, target: &Target) -> Attempt {
-        // Sync and async calls of this process share the version's slots.
-        let _permit = match &target.slots {
-            Some(slots) => slots.clone().acquire_owned().await.ok(),
-            None => None,
-        };
-        let timeout = Duration::from_millis(target.version.timeout_ms);
-        let traceparent = format!("00-{}-{}-01", job.id, SpanId::generate().to_hex());
-        let headers = crate::gateway::upstream_headers(&traceparent, &job.id);
-        let post = crate::upstream::JsonPost {
-            url: &target.upstream_uri,
-            headers: &headers,
-        };
-        let request = post.request(Bytes::from(job.input.clone()));
-        let started = tokio::time::Instant::now();
-        let response = match self.deps.upstream.send(request, timeout).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.deps
-                    .metrics
-                    .upstream_error(&job.model_id, e.kind.as_str());
-                let code = match e.kind {
-                    UpstreamErrorKind::Timeout => JobErrorCode::UpstreamTimeout,
-                    _ => JobErrorCode::UpstreamError,
-                };
-                let message = match e.kind {
-                    UpstreamErrorKind::Timeout => {
-                        format!("the model did not answer within {} ms", timeout.as_millis())
-                    }
-                    UpstreamErrorKind::Connect => "the model server could not be reached".into(),
-                    UpstreamErrorKind::Reset => "the model server closed the connection".into(),
-                };
-                return Attempt::Retryable(JobError::new(code, message));
-            }
-        };
-        let status = response.status();
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let limit = self.deps.config.max_upstream_response_bytes;
-        let body = match tokio::time::timeout(
-            remaining,
-            http_body_util::Limited::new(response.into_body(), limit).collect(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => {
-                return Attempt::Retryable(JobError::new(
-                    JobErrorCode::UpstreamError,
-                    "the model's answer was cut off or too large",
-                ))
-            }
-            Err(_) => {
-                return Attempt::Retryable(JobError::new(
-                    JobErrorCode::UpstreamTimeout,
-                    format!("the model did not answer within {} ms", timeout.as_millis()),
-                ))
-            }
-        };
-        if status.is_success() {
-            return Attempt::Succeeded(output_text(&body));
-        }
-        let detail = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
-        let error = JobError::new(
-            JobErrorCode::UpstreamError,
-            format!("the model answered {}: {}", status.as_u16(), detail.trim()),
-        );
-        let kind = if status.is_client_error() {
-            "status_4xx"
-        } else {
-            "status_5xx"
-        };
-        self.deps.metrics.upstream_error(&job.model_id, kind);
-        if status.as_u16() == 429 || status.is_server_error() {
-            Attempt::Retryable(error)
-        } else {
-            Attempt::Fatal(error)
-        }
-    }
-
     /// Writes outcomes in batches; a batch that cannot be written is tried
     /// again (the leases are renewed meanwhile, so nothing is rescued).
     async fn completer(self: Arc<Self>, mut rx: mpsc::Receiver<Completion>) {
@@ -608,33 +521,6 @@ impl Worker {
     }
 }
 
-/// A model's answer as the job's stored output: the answer itself when it
-/// is JSON, else the answer as a JSON string. Invalid UTF-8 is replaced
-/// (U+FFFD) first. The JSON check is the predict path's (`json_syntax`):
-/// for the benchmark's 390-byte answer this costs about 3 800 instructions
-/// (callgrind), where serde_json's skip after a lossy copy cost 7 400.
-fn output_text(body: &[u8]) -> String {
-    let text = match std::str::from_utf8(body) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(body),
-    };
-    if crate::json_syntax::is_json_value(text.as_bytes()) {
-        text.into_owned()
-    } else {
-        serde_json::Value::String(text.into_owned()).to_string()
-    }
-}
-
-/// A backoff delay with jitter: uniformly within `[0.8 × base, base]`, so
-/// it never exceeds the configured cap.
-pub fn jittered(base_ms: u64) -> u64 {
-    let spread = base_ms / 5;
-    if spread == 0 {
-        return base_ms;
-    }
-    base_ms - rand::thread_rng().gen_range(0..=spread)
-}
-
 async fn listen(url: String, signals: Arc<Signals>) {
     loop {
         let s = signals.clone();
@@ -647,30 +533,5 @@ async fn listen(url: String, signals: Arc<Signals>) {
             tracing::warn!(error = %e, "queue LISTEN connection failed; polling until it is back");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_the_band() {
-        for _ in 0..1000 {
-            let d = jittered(1000);
-            assert!((800..=1000).contains(&d), "{d}");
-        }
-        assert_eq!(jittered(0), 0);
-    }
-
-    #[test]
-    fn an_answer_is_stored_as_json_and_anything_else_as_a_json_string() {
-        let json = r#" {"choices":[{"text":"é"}],"n":1} "#;
-        assert_eq!(output_text(json.as_bytes()), json);
-        assert_eq!(output_text(b"plain text"), r#""plain text""#);
-        assert_eq!(output_text(b"{\"cut\":"), r#""{\"cut\":""#);
-        // Invalid UTF-8 is replaced, then the text is judged like any other.
-        assert_eq!(output_text(b"{\"a\":\"\xff\"}"), "{\"a\":\"\u{fffd}\"}");
-        assert_eq!(output_text(b"\xc3 hi"), "\"\u{fffd} hi\"");
     }
 }

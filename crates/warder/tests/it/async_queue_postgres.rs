@@ -1,14 +1,15 @@
 //! The job queue's statements on PostgreSQL, driven through the store:
 //! outcomes keep looking jobs up by id, and claims reading the ready index
 //! in claim order, however the table has grown and whatever its statistics
-//! say; a heartbeat passes over a job another transaction holds. Index
-//! scans and rows read are counted by the server. The in-process worker is
-//! off, so only the test claims.
+//! say; a heartbeat passes over a job another transaction holds; other
+//! processes' workers are woken once per batch, and only when there is
+//! something to claim. Index scans and rows read are counted by the server.
+//! The in-process worker is off, so only the test claims.
 
-use crate::async_queue_store::{job, queue_app, request_id, store_new, successes};
+use crate::async_queue_store::{job, leased_to, queue_app, request_id, store_new, successes};
 use crate::helpers::*;
 use std::sync::Arc;
-use warder_core::{Lease, NewJob, Outcome, Store, Timestamp};
+use warder_core::{Finish, Lease, NewJob, Outcome, Store, Timestamp};
 
 /// On PostgreSQL outcomes look their jobs up by id however the job table
 /// has grown: a prepared statement's generic plan, chosen while the table
@@ -355,4 +356,103 @@ async fn rows_read(sql: &warder_store::SqlStore) -> i64 {
     .fetch_one(sql.pool())
     .await
     .expect("rows read")
+}
+
+/// On PostgreSQL the queue wakes other processes' workers once per batch,
+/// and only when there is something to claim: a stored batch that queued a
+/// job (alone or beside jobs leased at submit), and a recorded batch of
+/// outcomes that freed a capped version's slot, each send one `NOTIFY`. A
+/// batch of jobs leased at submit, a claim, and outcomes that free no
+/// capped slot send none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
+    let Some(b) = Backend::postgres() else {
+        return;
+    };
+    let (app, model, caller) = queue_app(b).await;
+    let store = &app.state.store;
+    let url = app.state.config.effective_database_url();
+    let mut listener = sqlx::postgres::PgListener::connect(&url)
+        .await
+        .expect("listen");
+    listener.listen("warder_async").await.expect("listen");
+    let quiet = std::time::Duration::from_millis(300);
+    let mut next = async || {
+        tokio::time::timeout(quiet, listener.recv())
+            .await
+            .ok()
+            .map(|n| n.expect("notification").payload().to_owned())
+    };
+
+    let jobs: Vec<NewJob> = (0..3)
+        .map(|n| job(&model, &caller, &request_id(60 + n), None))
+        .collect();
+    store_new(store, &jobs).await;
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "a stored batch wakes"
+    );
+    assert_eq!(next().await, None, "once per batch");
+
+    let until = Timestamp(Timestamp::now().0 + 60_000);
+    let leased: Vec<NewJob> = (0..2)
+        .map(|n| {
+            leased_to(
+                job(&model, &caller, &request_id(70 + n), None),
+                "w-submit",
+                until,
+            )
+        })
+        .collect();
+    store_new(store, &leased).await;
+    assert_eq!(next().await, None, "jobs leased at submit wake nobody");
+
+    let mixed = vec![
+        leased_to(
+            job(&model, &caller, &request_id(80), None),
+            "w-submit",
+            until,
+        ),
+        job(&model, &caller, &request_id(81), None),
+    ];
+    store_new(store, &mixed).await;
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "a batch that also queued a job wakes"
+    );
+    assert_eq!(next().await, None, "once per batch");
+
+    let now = Timestamp::now();
+    let leases = store
+        .claim_jobs("w", now, Timestamp(now.0 + 60_000), 3)
+        .await
+        .expect("claim");
+    assert_eq!(leases.len(), 3);
+    assert_eq!(next().await, None, "a claim wakes nobody");
+
+    let mut items = successes(&leases, |_| "{}".to_owned());
+    let capped = items.split_off(1);
+    let done = store
+        .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true]);
+    assert_eq!(next().await, None, "no capped slot freed, nobody woken");
+    let capped: Vec<Finish> = capped
+        .into_iter()
+        .map(|f| Finish { capped: true, ..f })
+        .collect();
+    let done = store
+        .finish_jobs(&capped, now, Timestamp(now.0 + 60_000))
+        .await
+        .expect("finish");
+    assert_eq!(done, vec![true; 2]);
+    assert_eq!(
+        next().await.as_deref(),
+        Some("work"),
+        "freed capped slots wake"
+    );
+    assert_eq!(next().await, None, "once per batch");
 }

@@ -1,10 +1,9 @@
 //! The job queue of the store, driven directly: the lease token fences off a
 //! worker whose lease was rescued and handed to another, while the job is
 //! running again; a batch of submits is stored in one group commit with the
-//! same idempotency answers as one-by-one submits; a job leased at submit is
-//! stored as a claim would leave it; a claim takes ready jobs in priority
-//! order, passing over those of a full capped version. The in-process worker is off, so only
-//! the test claims.
+//! same idempotency answers as one-by-one submits; a batch of outcomes is
+//! fenced item by item; queue depth is counted per model and status. The
+//! in-process worker is off, so only the test claims.
 
 use crate::helpers::*;
 use crate::scenarios;
@@ -12,7 +11,7 @@ use serde_json::json;
 use std::sync::Arc;
 use warder_core::{
     Enqueued, Finish, JobStatus, Lease, NewJob, Outcome, RetryConfig, Store, StoreError,
-    SubmitLease, Timestamp, FIRST_LEASE_TOKEN,
+    SubmitLease, Timestamp,
 };
 
 scenarios!(
@@ -21,8 +20,6 @@ scenarios!(
     a_batch_of_outcomes_is_fenced_item_by_item,
     batches_of_any_size_write_exactly_their_own_jobs,
     queue_depth_is_counted_per_model_and_status,
-    a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it,
-    a_claim_passes_over_a_full_capped_version_in_priority_order,
 );
 
 pub(crate) async fn queue_app(b: Backend) -> (TestApp, Registered, Caller) {
@@ -69,7 +66,11 @@ pub(crate) fn successes(leases: &[Lease], output: impl Fn(&Lease) -> String) -> 
 
 /// At `at`, rescues the one job whose lease has run out and lets `owner`
 /// claim what is ready: that job.
-async fn rescue_then_claim(store: &Arc<dyn Store>, owner: &str, at: Timestamp) -> Vec<Lease> {
+pub(crate) async fn rescue_then_claim(
+    store: &Arc<dyn Store>,
+    owner: &str,
+    at: Timestamp,
+) -> Vec<Lease> {
     assert_eq!(
         store
             .rescue_expired_leases(at, Timestamp(at.0 + 60_000))
@@ -86,7 +87,7 @@ async fn rescue_then_claim(store: &Arc<dyn Store>, owner: &str, at: Timestamp) -
 }
 
 /// `job`, to be stored leased to `owner` until `until`.
-fn leased_to(mut job: NewJob, owner: &str, until: Timestamp) -> NewJob {
+pub(crate) fn leased_to(mut job: NewJob, owner: &str, until: Timestamp) -> NewJob {
     job.lease = Some(SubmitLease {
         owner: owner.to_owned(),
         until,
@@ -458,285 +459,4 @@ async fn queue_depth_is_counted_per_model_and_status(b: Backend) {
     ];
     expected.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
     assert_eq!(depth, expected);
-}
-
-/// On PostgreSQL the queue wakes other processes' workers once per batch,
-/// and only when there is something to claim: a stored batch that queued a
-/// job (alone or beside jobs leased at submit), and a recorded batch of
-/// outcomes that freed a capped version's slot, each send one `NOTIFY`. A
-/// batch of jobs leased at submit, a claim, and outcomes that free no
-/// capped slot send none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_wakes_workers_once_per_batch_and_not_on_claims() {
-    let Some(b) = Backend::postgres() else {
-        return;
-    };
-    let (app, model, caller) = queue_app(b).await;
-    let store = &app.state.store;
-    let url = app.state.config.effective_database_url();
-    let mut listener = sqlx::postgres::PgListener::connect(&url)
-        .await
-        .expect("listen");
-    listener.listen("warder_async").await.expect("listen");
-    let quiet = std::time::Duration::from_millis(300);
-    let mut next = async || {
-        tokio::time::timeout(quiet, listener.recv())
-            .await
-            .ok()
-            .map(|n| n.expect("notification").payload().to_owned())
-    };
-
-    let jobs: Vec<NewJob> = (0..3)
-        .map(|n| job(&model, &caller, &request_id(60 + n), None))
-        .collect();
-    store_new(store, &jobs).await;
-    assert_eq!(
-        next().await.as_deref(),
-        Some("work"),
-        "a stored batch wakes"
-    );
-    assert_eq!(next().await, None, "once per batch");
-
-    let until = Timestamp(Timestamp::now().0 + 60_000);
-    let leased: Vec<NewJob> = (0..2)
-        .map(|n| {
-            leased_to(
-                job(&model, &caller, &request_id(70 + n), None),
-                "w-submit",
-                until,
-            )
-        })
-        .collect();
-    store_new(store, &leased).await;
-    assert_eq!(next().await, None, "jobs leased at submit wake nobody");
-
-    let mixed = vec![
-        leased_to(
-            job(&model, &caller, &request_id(80), None),
-            "w-submit",
-            until,
-        ),
-        job(&model, &caller, &request_id(81), None),
-    ];
-    store_new(store, &mixed).await;
-    assert_eq!(
-        next().await.as_deref(),
-        Some("work"),
-        "a batch that also queued a job wakes"
-    );
-    assert_eq!(next().await, None, "once per batch");
-
-    let now = Timestamp::now();
-    let leases = store
-        .claim_jobs("w", now, Timestamp(now.0 + 60_000), 3)
-        .await
-        .expect("claim");
-    assert_eq!(leases.len(), 3);
-    assert_eq!(next().await, None, "a claim wakes nobody");
-
-    let mut items = successes(&leases, |_| "{}".to_owned());
-    let capped = items.split_off(1);
-    let done = store
-        .finish_jobs(&items, now, Timestamp(now.0 + 60_000))
-        .await
-        .expect("finish");
-    assert_eq!(done, vec![true]);
-    assert_eq!(next().await, None, "no capped slot freed, nobody woken");
-    let capped: Vec<Finish> = capped
-        .into_iter()
-        .map(|f| Finish { capped: true, ..f })
-        .collect();
-    let done = store
-        .finish_jobs(&capped, now, Timestamp(now.0 + 60_000))
-        .await
-        .expect("finish");
-    assert_eq!(done, vec![true; 2]);
-    assert_eq!(
-        next().await.as_deref(),
-        Some("work"),
-        "freed capped slots wake"
-    );
-    assert_eq!(next().await, None, "once per batch");
-}
-
-async fn a_job_leased_at_submit_is_stored_as_a_claim_would_leave_it(b: Backend) {
-    let (app, model, caller) = queue_app(b).await;
-    let store = &app.state.store;
-    let now = Timestamp::now();
-    let a = leased_to(
-        job(&model, &caller, &request_id(1), None),
-        "w-submit",
-        Timestamp(now.0 + 60_000),
-    );
-    let queued = job(&model, &caller, &request_id(2), Some("k"));
-    // A replay of `queued`'s key, leased: it answers the first job and
-    // leaves it queued and unleased.
-    let replay = leased_to(
-        job(&model, &caller, &request_id(3), Some("k")),
-        "w-submit",
-        Timestamp(now.0 + 60_000),
-    );
-    // A job leased to the same worker that it never runs (its batch failed
-    // as far as the worker could tell): its lease runs out and it is rescued.
-    let short = leased_to(
-        job(&model, &caller, &request_id(4), None),
-        "w-submit",
-        Timestamp(now.0 + 50),
-    );
-    let results = store
-        .enqueue_jobs(&[a.clone(), queued.clone(), replay, short.clone()])
-        .await
-        .expect("enqueue");
-    let answers: Vec<Enqueued> = results.into_iter().map(|r| r.expect("stored")).collect();
-    assert_eq!(
-        answers,
-        vec![
-            Enqueued::Created(a.id.clone()),
-            Enqueued::Created(queued.id.clone()),
-            Enqueued::Existing(queued.id.clone()),
-            Enqueued::Created(short.id.clone()),
-        ]
-    );
-
-    // Stored exactly as `leased()` says, which is what the worker runs.
-    let lease = a.leased().expect("a lease");
-    assert_eq!(lease.token, FIRST_LEASE_TOKEN);
-    let stored = store.get_job(&a.id).await.expect("get").expect("job");
-    assert_eq!(stored, lease.job);
-    assert_eq!(stored.status, JobStatus::InProgress);
-    assert_eq!(stored.attempts, 1);
-    let first = store.get_job(&queued.id).await.expect("get").expect("job");
-    assert_eq!(first.status, JobStatus::Queued);
-    assert_eq!(first.lease_owner, None);
-    assert_eq!(first.attempts, 0);
-
-    // Another worker's claim takes only the queued job. A job is ready from
-    // its creation, which `job()` stamps after `now`: the claim looks at a
-    // later clock.
-    let claim_at = Timestamp::now();
-    let claimed = store
-        .claim_jobs("w-other", claim_at, Timestamp(claim_at.0 + 60_000), 10)
-        .await
-        .expect("claim");
-    let ids: Vec<&str> = claimed.iter().map(|l| l.job.id.as_str()).collect();
-    assert_eq!(ids, vec![queued.id.as_str()]);
-
-    // The submit lease's owner renews the lease of the job it runs (and
-    // only that one) with its heartbeat, and finishes it with the first
-    // token.
-    let renewed = Timestamp(now.0 + 120_000);
-    store
-        .heartbeat("w-submit", std::slice::from_ref(&a.id), renewed)
-        .await
-        .expect("heartbeat");
-    let stored = store.get_job(&a.id).await.expect("get").expect("job");
-    assert_eq!(stored.lease_expires_at, Some(renewed));
-    let unlisted = store.get_job(&short.id).await.expect("get").expect("job");
-    assert_eq!(unlisted.lease_expires_at, Some(Timestamp(now.0 + 50)));
-    let done = store
-        .finish_jobs(
-            &successes(std::slice::from_ref(&lease), |_| "\"ok\"".to_owned()),
-            now,
-            Timestamp(now.0 + 60_000),
-        )
-        .await
-        .expect("finish");
-    assert_eq!(done, vec![true]);
-    let stored = store.get_job(&a.id).await.expect("get").expect("job");
-    assert_eq!(stored.status, JobStatus::Succeeded);
-    assert_eq!(stored.output.as_deref(), Some("\"ok\""));
-
-    // The unrenewed lease runs out and the job is rescued like a claimed
-    // one; the next claim fences the first lease off.
-    let later = Timestamp(now.0 + 1_000);
-    let again = rescue_then_claim(store, "w-other", later).await;
-    assert_eq!(again[0].job.id, short.id);
-    assert_eq!(again[0].token, FIRST_LEASE_TOKEN + 1);
-    assert_eq!(again[0].job.attempts, 2);
-    let stale = short.leased().expect("a lease");
-    assert_eq!(
-        store
-            .finish_jobs(&successes(&[stale], |_| "1".to_owned()), later, later)
-            .await
-            .expect("finish stale"),
-        vec![false]
-    );
-}
-
-/// A claim that returns fewer jobs than asked tells the worker the queue is
-/// drained (and that it may take submits directly): so the queued jobs of a
-/// capped version with no free slot must not take the places of ready jobs
-/// behind them. Each claim takes the ready jobs in priority-then-age order,
-/// each capped version's only up to its free slots: its cap less its
-/// running jobs.
-async fn a_claim_passes_over_a_full_capped_version_in_priority_order(b: Backend) {
-    let (app, uncapped, _) = queue_app(b).await;
-    let two = app
-        .register("two", "http://127.0.0.1:9/", json!({"max_concurrency": 2}))
-        .await;
-    let one = app
-        .register("one", "http://127.0.0.1:9/", json!({"max_concurrency": 1}))
-        .await;
-    let caller = app.caller("all", &["queued", "two", "one"], None).await;
-    let store = &app.state.store;
-    let now = Timestamp::now();
-    let until = Timestamp(now.0 + 60_000);
-    let aged = |model: &Registered, n: u8, age_ms: i64, priority: u8| {
-        let mut j = job(model, &caller, &request_id(n), None);
-        j.created_at = Timestamp(now.0 - age_ms);
-        j.priority = priority;
-        j
-    };
-    // Oldest first: the capped versions' jobs, then the uncapped ones, and
-    // the youngest of all with the first priority. `two` already runs one.
-    let running = leased_to(aged(&two, 1, 9_000, 1), "w-other", until);
-    let twos: Vec<NewJob> = (2..=5)
-        .map(|n| aged(&two, n, 8_000 - i64::from(n), 1))
-        .collect();
-    let ones: Vec<NewJob> = (6..=7)
-        .map(|n| aged(&one, n, 7_000 - i64::from(n), 1))
-        .collect();
-    let later: Vec<NewJob> = (8..=10)
-        .map(|n| aged(&uncapped, n, 5_000 - i64::from(n), 1))
-        .collect();
-    let urgent = aged(&uncapped, 11, 1_000, 0);
-    store_new(
-        store,
-        &[
-            vec![running],
-            twos.clone(),
-            ones.clone(),
-            later.clone(),
-            vec![urgent.clone()],
-        ]
-        .concat(),
-    )
-    .await;
-    let claim = |limit: u32| async move {
-        let mut leases = store
-            .claim_jobs("w-one", now, until, limit)
-            .await
-            .expect("claim");
-        leases.sort_by_key(|l| (l.job.priority, l.job.created_at));
-        leases
-    };
-    let ids = |leases: &[Lease]| leases.iter().map(|l| l.job.id.clone()).collect::<Vec<_>>();
-    let of = |jobs: &[&NewJob]| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
-
-    // The first priority, then by age: one of `two` (its one free slot),
-    // one of `one`, and the oldest uncapped job takes the fourth place.
-    let first = claim(4).await;
-    assert_eq!(ids(&first), of(&[&urgent, &twos[0], &ones[0], &later[0]]));
-    // Both capped versions are full: the rest of the uncapped jobs alone.
-    assert_eq!(ids(&claim(4).await), of(&[&later[1], &later[2]]));
-    assert!(claim(4).await.is_empty());
-
-    // A slot of `two` freed, its next job is claimed.
-    let mut done = successes(&first[1..2], |_| "1".to_owned());
-    done[0].capped = true;
-    assert_eq!(
-        store.finish_jobs(&done, now, until).await.expect("finish"),
-        vec![true]
-    );
-    assert_eq!(ids(&claim(4).await), of(&[&twos[1]]));
 }

@@ -8,6 +8,7 @@ mod async_cli;
 mod async_crash;
 mod async_handoff;
 mod async_predict;
+mod async_queue_claims;
 mod async_queue_postgres;
 mod async_queue_store;
 mod async_quota;

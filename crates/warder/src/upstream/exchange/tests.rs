@@ -1,7 +1,9 @@
 //! Tests of the exchange's parsing and encoding (its behaviour on real
 //! connections is tested with the pool's, in `pool/tests.rs`).
 
+use super::body::{chunk_size, line};
 use super::*;
+use bytes::Bytes;
 
 fn parse(text: &[u8]) -> Result<Option<Head>, String> {
     parse_head(&mut BytesMut::from(text))
