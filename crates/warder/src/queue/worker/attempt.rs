@@ -35,9 +35,18 @@ impl Worker {
             url: &target.upstream_uri,
             headers: &headers,
         };
-        let request = post.request(Bytes::from(job.input.clone()));
+        // As a sync predict's call: a small body to an `http://` model goes
+        // through the hand-driven exchange, and a first try that could not
+        // connect (nothing was sent) is made once more before the attempt
+        // counts as failed.
         let started = tokio::time::Instant::now();
-        let response = match self.deps.upstream.send(request, timeout).await {
+        let sent = self.deps.upstream.send_buffered(
+            post,
+            Bytes::from(job.input.clone()),
+            started + timeout,
+            timeout,
+        );
+        let response = match Box::pin(sent).await {
             Ok(r) => r,
             Err(e) => {
                 self.deps
