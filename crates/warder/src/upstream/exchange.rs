@@ -1,6 +1,6 @@
-//! The sync predict path's upstream call to a plain `http://` model server:
-//! one buffered request and its answer, HTTP/1.1 written and read by hand on
-//! a pooled `TcpStream`, in the calling task.
+//! The upstream call of a sync predict or an async attempt to a plain
+//! `http://` model server: one buffered request and its answer, HTTP/1.1
+//! written and read by hand on a pooled `TcpStream`, in the calling task.
 //!
 //! Why by hand: hyper's client connection runs as a task of its own; a
 //! request crosses to it through a channel, its answer comes back through a

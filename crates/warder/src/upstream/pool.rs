@@ -28,7 +28,8 @@
 //!   middlebox may have dropped them silently), and at most
 //!   [`MAX_IDLE_PER_HOST`] wait per host.
 //!
-//! A sync predict's call skips hyper ([`super::exchange`]). Its connections
+//! A sync predict's or async attempt's call with a small body skips hyper
+//! ([`super::exchange`]). Its connections
 //! wait in a second idle list per host, under the same rules; with no task
 //! of hyper's watching them, a connection is checked before reuse
 //! ([`RawConn::is_open`]), and a sweep every [`SWEEP_EVERY`] closes those the

@@ -36,9 +36,10 @@ impl Worker {
             headers: &headers,
         };
         // As a sync predict's call: a small body to an `http://` model goes
-        // through the hand-driven exchange, and a first try that could not
-        // connect (nothing was sent) is made once more before the attempt
-        // counts as failed.
+        // through the hand-driven exchange, and a first try that sent
+        // nothing (it could not connect, or a new connection closed before
+        // the request went out) is made once more before the attempt counts
+        // as failed.
         let started = tokio::time::Instant::now();
         let sent = self.deps.upstream.send_buffered(
             post,
