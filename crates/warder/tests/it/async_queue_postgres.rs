@@ -19,14 +19,7 @@ use warder_core::{Finish, Lease, NewJob, Outcome, Store, Timestamp};
 /// would be reused; the index scans are counted by the server.
 #[tokio::test]
 async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
-    let Some(PgPlan {
-        app: _app,
-        model,
-        caller,
-        sql,
-        store,
-    }) = pg_plan().await
-    else {
+    let Some((_app, model, caller, sql, store)) = pg_plan().await else {
         return;
     };
     // No analyze of the grown table: the statistics stay those of a small one.
@@ -71,14 +64,7 @@ async fn postgres_finishes_look_jobs_up_by_id_as_the_table_grows() {
 /// batch in `bench/`).
 #[tokio::test]
 async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
-    let Some(PgPlan {
-        app: _app,
-        model,
-        caller,
-        sql,
-        store,
-    }) = pg_plan().await
-    else {
+    let Some((_app, model, caller, sql, store)) = pg_plan().await else {
         return;
     };
     without_autovacuum(&sql).await;
@@ -112,14 +98,7 @@ async fn postgres_a_large_batch_of_successes_reads_its_jobs_by_id() {
 /// deadlock only after a second by failing the batch.
 #[tokio::test]
 async fn postgres_a_heartbeat_passes_over_a_job_being_finished() {
-    let Some(PgPlan {
-        app,
-        model,
-        caller,
-        sql,
-        store,
-    }) = pg_plan().await
-    else {
+    let Some((app, model, caller, sql, store)) = pg_plan().await else {
         return;
     };
     let (leases, _, until) = claimed(&store, &model, &caller, 60, 2).await;
@@ -224,28 +203,20 @@ async fn generated_jobs(
     .expect("generated jobs");
 }
 
-/// What the PostgreSQL plan tests work on: a queue app (no worker) and its
-/// store over one connection, as itself and as a `Store`.
-struct PgPlan {
-    app: TestApp,
-    model: Registered,
-    caller: Caller,
-    sql: Arc<warder_store::SqlStore>,
-    store: Arc<dyn Store>,
-}
-
-/// A [`PgPlan`] on a fresh database; `None` when PostgreSQL is skipped.
-async fn pg_plan() -> Option<PgPlan> {
+/// What the PostgreSQL plan tests work on, on a fresh database: a queue app
+/// (no worker), its model and caller, and its store over one connection, as
+/// itself and as a `Store`. `None` when PostgreSQL is skipped.
+async fn pg_plan() -> Option<(
+    TestApp,
+    Registered,
+    Caller,
+    Arc<warder_store::SqlStore>,
+    Arc<dyn Store>,
+)> {
     let (app, model, caller) = queue_app(Backend::postgres()?).await;
     let sql = one_connection(&app).await;
     let store: Arc<dyn Store> = sql.clone();
-    Some(PgPlan {
-        app,
-        model,
-        caller,
-        sql,
-        store,
-    })
+    Some((app, model, caller, sql, store))
 }
 
 /// The app's database through a store of one connection: every statement
@@ -304,14 +275,7 @@ async fn index_scans(sql: &warder_store::SqlStore) -> (i64, i64) {
 /// rows read, through indexes and sequential scans.
 #[tokio::test]
 async fn postgres_claims_read_a_deep_backlog_in_order() {
-    let Some(PgPlan {
-        app: _app,
-        model,
-        caller,
-        sql,
-        store,
-    }) = pg_plan().await
-    else {
+    let Some((_app, model, caller, sql, store)) = pg_plan().await else {
         return;
     };
     // No statistics, whatever the server's autovacuum does meanwhile.
